@@ -1,0 +1,82 @@
+"""Certified bounds on the public differential-verification benchmarks, side by side with the published ones.
+
+For MNIST 3x100 (p=3 and three-pixel) and HAR, each vs its float16 copy: the median over the 100 regions of the
+certified ``|A(x)_t - B(x)_t|`` on the target output t (the true label), and the total time, per method
+(auto_LiRPA IBP/CROWN/alpha-CROWN on the composed graph, and modeldiff's differential bound ``diff``), next to
+ReluDiff's and NeuroDiff's published numbers (which ran on 10-12 threads; ours on this machine's cores).
+
+Usage::
+
+    python benchmarks/bench_certify.py                                  # all benchmarks, all methods
+    python benchmarks/bench_certify.py --bench mnist-p3 --method diff   # one cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+import suites  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+import modeldiff  # noqa: E402
+from modeldiff.bounds.derive import abs_max  # noqa: E402
+
+BENCHES = ("mnist-p3", "mnist-3px", "har")
+METHODS = ("ibp", "crown", "alpha-crown", "diff")
+
+
+def job(name: str, limit: int | None) -> suites.Job:
+    return suites.har(limit) if name == "har" else suites.mnist(name.split("-")[1], limit)
+
+
+def run(name: str, method: str, limit: int | None, batch_size: int) -> dict:
+    j = job(name, limit)
+    start = time.perf_counter()
+    result = modeldiff.bound(j.a, j.b, j.region, "delta", method, output_index=j.target, batch_size=batch_size)
+    elapsed = time.perf_counter() - start
+    lo, hi = result.delta_lower.gather(1, j.target[:, None]), result.delta_upper.gather(1, j.target[:, None])
+    per_region = abs_max(lo, hi).squeeze(1)
+    return {"bench": name, "method": method, "median": float(per_region.median()), "time_s": elapsed,
+            "regions": len(j.region)}
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| benchmark | method | regions | median certified label delta | time (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for bench in dict.fromkeys(r["bench"] for r in rows):
+        for tool, res in sorted(suites.published(bench).items()):
+            lines.append(f"| {bench} | {tool} (published) | 100 | {res['median']:.5f} | {res['time_s']:.1f} |")
+        for r in (r for r in rows if r["bench"] == bench):
+            lines.append(f"| {bench} | {r['method']} | {r['regions']} | {r['median']:.5f} | {r['time_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bench", choices=BENCHES, action="append", help="benchmark(s) (default: all)")
+    p.add_argument("--method", choices=METHODS, action="append", help="method(s) (default: all)")
+    p.add_argument("--limit", type=int, help="first N regions only")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = p.parse_args(argv[1:])
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = []
+    for bench in args.bench or BENCHES:
+        for method in args.method or METHODS:
+            rows.append(run(bench, method, args.limit, args.batch_size))
+            print(rows[-1], flush=True)
+    text = "## Certified bounds (bench_certify)\n\n" + table(rows) + (
+        f"\n\nMeasured on {torch.get_num_threads()} CPU thread(s), float64."
+    )
+    print(text)
+    if not args.no_write:
+        print("wrote", suites.write_section("bench_certify", text, argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv)

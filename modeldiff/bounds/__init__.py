@@ -1,0 +1,202 @@
+"""Certified upper bounds of a divergence between two models over input regions.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> import modeldiff
+    >>> a = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> b = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> region = modeldiff.regions.ball(torch.zeros(4, 3), eps=0.1)
+    >>> result = modeldiff.bound(a, b, region, divergence="linf", method="crown")
+    >>> result.upper.shape
+    torch.Size([4])
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modeldiff.bounds.base import SpecBounder
+from modeldiff.bounds.diff import DiffBounder, NotApplicable
+from modeldiff.bounds.lirpa import METHODS as COMPOSED_METHODS
+from modeldiff.bounds.lirpa import ComposedBounder
+from modeldiff.divergences import get_divergence
+from modeldiff.errors import BoundError, RegionError
+from modeldiff.graph import prepare_model
+from modeldiff.regions import Region
+from modeldiff.results import BoundResult
+
+__all__ = ["METHODS", "bound"]
+
+logger = logging.getLogger(__name__)
+
+#: Every bound method ``bound`` accepts: ``auto`` picks ``diff`` where it applies and ``crown`` elsewhere.
+METHODS: tuple[str, ...] = ("auto", *COMPOSED_METHODS, "diff")
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float64``/``torch.float32`` from a dtype or its name."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise BoundError(f"unknown dtype {dtype!r}; expected one of {', '.join(_DTYPES)}")
+        return _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise BoundError(f"expected dtype float64 or float32, got {dtype}")
+    return dtype
+
+
+def resolve_output_index(output_index: Any, n: int, k: int, device) -> Tensor | None:
+    """``[N]`` long tensor of output indices from an int, a sequence or a tensor (None passes through)."""
+    if output_index is None:
+        return None
+    idx = torch.as_tensor(output_index, device=device)
+    if idx.is_floating_point() or idx.is_complex():
+        raise BoundError(f"expected integer output indices, got dtype {idx.dtype}")
+    idx = idx.long().reshape(-1)
+    if idx.numel() == 1:
+        idx = idx.expand(n)
+    if idx.numel() != n:
+        raise BoundError(f"expected one output index or {n} (one per region), got {idx.numel()}")
+    if (idx < 0).any() or (idx >= k).any():
+        raise BoundError(f"output index out of range: the models have {k} outputs")
+    return idx.clone()
+
+
+def make_bounder(a: nn.Module, b: nn.Module, input_shape: tuple[int, ...], method: str,
+                 alpha_iterations: int = 20) -> tuple[SpecBounder, str]:
+    """The bounder for ``method`` and the method's resolved name (``auto`` becomes ``diff`` or ``crown``).
+
+    Raises:
+        UnsupportedModelError: ``diff`` was asked for and does not apply (the reason is given).
+    """
+    from modeldiff.errors import UnsupportedModelError
+    from modeldiff.graph import DeltaNet
+
+    if method in ("diff", "auto"):
+        DeltaNet(a, b, input_shape)  # checks that the outputs match, with the usual error
+        try:
+            return DiffBounder(a, b, input_shape), "diff"
+        except NotApplicable as exc:
+            if method == "diff":
+                raise UnsupportedModelError(f"the differential bound does not apply: {exc}") from exc
+            logger.info("differential bound not applicable (%s); using crown", exc)
+            method = "crown"
+    return ComposedBounder(a, b, input_shape, method=method, alpha_iterations=alpha_iterations), method
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="region", desc="bounding", leave=False)
+
+
+def bound(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    region: Region,
+    divergence: str = "linf",
+    method: str = "auto",
+    *,
+    output_index: int | Tensor | None = None,
+    dtype: torch.dtype | str = torch.float64,
+    device: str | torch.device = "cpu",
+    batch_size: int = 128,
+    alpha_iterations: int = 20,
+    progress: bool = False,
+) -> BoundResult:
+    """Sound upper bound of ``divergence(A(x), B(x))`` over every box of ``region``.
+
+    Args:
+        model_a, model_b: the two models (copied; the originals are not changed). Outputs ``[N, K]``.
+        region: the input boxes, ``N`` of them (:mod:`modeldiff.regions`).
+        divergence: one of :data:`modeldiff.divergences.DIVERGENCES`.
+        method: ``ibp``, ``crown`` or ``alpha-crown`` (auto_LiRPA on the composed graph), ``diff`` (differential
+            bound propagation for same-architecture ReLU pairs, :mod:`modeldiff.bounds.diff`), or ``auto``
+            (``diff`` where it applies, else ``crown``). ``result.method`` names the method used.
+        output_index: for ``delta``: the output each region's bound is about (an int, or ``[N]`` e.g. the true
+            labels); None bounds every output (the scalar ``upper`` is then the max over outputs).
+        dtype: float64 (default; needed for soundness when outputs are large and differences small) or float32.
+        device: torch device to compute on.
+        batch_size: regions bounded together.
+        alpha_iterations: optimisation steps of alpha-CROWN.
+        progress: show a progress bar (tqdm) over regions.
+
+    Returns:
+        A :class:`~modeldiff.results.BoundResult`; ``upper`` is ``[N]``, ``delta_lower``/``delta_upper`` ``[N, K]``.
+
+    Raises:
+        BoundError: unknown method, divergence or dtype; bad output index.
+        IncompatibleModelsError: the models' outputs differ in shape or they reject the region's input shape.
+        UnsupportedModelError: auto_LiRPA cannot handle an op of a model (the op is named).
+    """
+    div = get_divergence(divergence)
+    if not isinstance(method, str) or method not in METHODS:
+        raise BoundError(f"unknown bound method {method!r}; expected one of {', '.join(METHODS)}")
+    if not isinstance(region, Region):
+        raise TypeError(f"expected a modeldiff.regions.Region, got {type(region).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise BoundError(f"expected batch_size to be a positive int, got {batch_size!r}")
+    dt = resolve_dtype(dtype)
+    start = time.perf_counter()
+    a = prepare_model(model_a, dt, device)
+    b = prepare_model(model_b, dt, device)
+    reg = region.to(device=device, dtype=dt)
+    bounder, used = make_bounder(a, b, tuple(reg.input_shape), method, alpha_iterations)
+    k = bounder.n_outputs
+    idx = resolve_output_index(output_index, len(reg), k, reg.lower.device) if div.name == "delta" else None
+    if output_index is not None and div.name != "delta":
+        raise BoundError(f"output_index applies to the delta divergence only, not {div.name!r}")
+
+    labels = None
+    if div.name == "top1":
+        with torch.no_grad():
+            labels = torch.cat([a(reg.midpoints[i : i + batch_size]).argmax(dim=1) for i in range(0, len(reg), batch_size)])
+
+    uppers, lows, highs = [], [], []
+    bar = _progress(len(reg), progress)
+    try:
+        for i in range(0, len(reg), batch_size):
+            lo, hi = reg.lower[i : i + batch_size], reg.upper[i : i + batch_size]
+            if not torch.isfinite(lo).all() or not torch.isfinite(hi).all():
+                raise RegionError("region bounds must be finite for bound propagation")
+            lab = labels[i : i + batch_size] if labels is not None else None
+            up, lb, ub = bounder.bound_batch(div.name, lo, hi, lab)
+            uppers.append(up)
+            if lb is not None:
+                lows.append(lb)
+                highs.append(ub)
+            if bar is not None:
+                bar.update(lo.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    upper = torch.cat(uppers)
+    delta_lower = torch.cat(lows) if lows else None
+    delta_upper = torch.cat(highs) if highs else None
+    if idx is not None and delta_lower is not None:
+        from modeldiff.bounds.derive import abs_max
+
+        upper = abs_max(delta_lower, delta_upper).gather(1, idx.unsqueeze(1)).squeeze(1)
+    elapsed = time.perf_counter() - start
+    logger.debug("bounded %d regions (%s, %s) in %.2fs", len(reg), div.name, used, elapsed)
+    return BoundResult(
+        divergence=div.name,
+        method=used,
+        upper=upper.cpu(),
+        delta_lower=None if delta_lower is None else delta_lower.cpu(),
+        delta_upper=None if delta_upper is None else delta_upper.cpu(),
+        output_index=None if idx is None else idx.cpu(),
+        agree_label=None if labels is None else labels.cpu(),
+        time_s=elapsed,
+        dtype=str(dt).replace("torch.", ""),
+        settings={"batch_size": batch_size, "alpha_iterations": alpha_iterations, "device": str(device)},
+    )

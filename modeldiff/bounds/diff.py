@@ -1,0 +1,342 @@
+"""Differential bound propagation: bounds on ``A(x) - B(x)`` that carry the *difference* through the network.
+
+For two networks of the same shape (a fine-tuned, quantised or pruned copy), written as dense chains
+(:func:`~modeldiff.bounds.linearize.linearize`), with pre-activations ``z_A``, ``z_B``, their difference
+``delta = z_A - z_B``, post-activations ``h_A = relu(z_A)`` and ``d = h_A - h_B``:
+
+* a linear layer maps ``(h_A, d)`` to ``z_A = W_A h_A + b_A`` and
+  ``delta = W_B d + (W_A - W_B) h_A + (b_A - b_B)``;
+* a ReLU maps ``(z_A, delta)`` to ``h_A = relu(z_A)`` (the usual triangle relaxation) and
+  ``d = f(z_A, delta) = relu(z_A) - relu(z_A - delta)``, relaxed by two planes in ``(z_A, delta)``.
+
+Back-substitution (CROWN) through this pair of paths gives linear bounds of any ``Lz . z_A^L + Ld . delta^L``
+in the input, concretised over the box. Identical models give exactly 0, and the errors of two nearly identical
+networks cancel instead of adding up as they do on the composed graph.
+
+**The planes for f.** Over the neuron's domain ``D = {z in [lA, uA], delta in [ld, ud], z - delta in [lB, uB]}``
+(a polygon), ``f`` is continuous and linear on each piece cut by ``z = 0`` and ``z - delta = 0``. For any slopes
+``(a_z, a_d)``, ``max_D (f - a_z z - a_d delta)`` is therefore attained at a vertex of a piece: an intersection of
+two of the eight lines bounding ``D`` or the pieces. The offset is that maximum taken over all such intersections
+that lie in ``D`` (up to a tiny outward tolerance, which only loosens the bound), so the upper plane is sound for
+*any* slopes; likewise the lower plane with the minimum. The slopes are chosen per neuron among candidates
+``(a_A - a_B, a_B)`` with ``a_A in {0, 1, lambda_A}``, ``a_B in {0, 1, lambda_B}`` (the independent relaxations,
+which are exact for every stable case) and ``(0, lambda_A)``, ``(0, lambda_B)``, picking the plane lowest (highest
+for the lower plane) at the centre of the box. Where the polygon is empty through rounding, the box without the
+``z - delta`` constraint is used, which is a superset.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from modeldiff.bounds.base import SpecBounder, SpecUnavailable
+from modeldiff.bounds.linearize import DenseLayer, NotLinearizable, linearize
+
+__all__ = ["DiffBounder", "NotApplicable", "diff_applicable"]
+
+logger = logging.getLogger(__name__)
+
+
+class NotApplicable(Exception):
+    """The differential bound does not apply to this pair (the message says why)."""
+
+
+def diff_applicable(model_a: nn.Module, model_b: nn.Module, input_shape) -> str | None:
+    """None when the differential bound applies to the pair, else the reason it does not."""
+    try:
+        _pair_layers(model_a, model_b, tuple(input_shape))
+    except NotApplicable as exc:
+        return str(exc)
+    return None
+
+
+def _pair_layers(model_a, model_b, input_shape):
+    try:
+        la = linearize(model_a, input_shape)
+        lb = linearize(model_b, input_shape)
+    except NotLinearizable as exc:
+        raise NotApplicable(str(exc)) from exc
+    if len(la) != len(lb) or any(x.weight.shape != y.weight.shape for x, y in zip(la, lb)):
+        raise NotApplicable(
+            "the models differ in architecture: layer shapes "
+            f"{[tuple(x.weight.shape) for x in la]} vs {[tuple(y.weight.shape) for y in lb]}"
+        )
+    return la, lb
+
+
+# --- relaxations -----------------------------------------------------------------------------------------------
+
+
+def relu_relaxation(lower: Tensor, upper: Tensor):
+    """Triangle relaxation of ``relu`` on ``[lower, upper]``.
+
+    Returns ``(up_slope, up_bias, lo_slope)``: ``lo_slope * z <= relu(z) <= up_slope * z + up_bias``. The lower
+    slope is 1 where ``upper >= -lower`` else 0 (CROWN's adaptive choice); stable neurons are exact.
+    """
+    active = lower >= 0
+    inactive = upper <= 0
+    unstable = ~(active | inactive)
+    width = torch.where(unstable, upper - lower, torch.ones_like(upper))
+    slope = torch.where(unstable, upper / width, active.to(upper.dtype))
+    bias = torch.where(unstable, -slope * lower, torch.zeros_like(lower))
+    lo_slope = torch.where(unstable, (upper >= -lower).to(upper.dtype), active.to(upper.dtype))
+    return slope, bias, lo_slope
+
+
+def _f(z: Tensor, d: Tensor) -> Tensor:
+    return torch.relu(z) - torch.relu(z - d)
+
+
+def _vertices(la, ua, lb, ub, ld, ud):
+    """Candidate vertices ``[..., V]`` (z, delta) and a feasibility mask, for the pieces of ``f`` on ``D``."""
+    # lines p z + q d = r: z = la, z = ua, z = 0, d = ld, d = ud, z - d = lb, z - d = ub, z - d = 0
+    zero = torch.zeros_like(la)
+    lines = [
+        (1.0, 0.0, la), (1.0, 0.0, ua), (1.0, 0.0, zero),
+        (0.0, 1.0, ld), (0.0, 1.0, ud),
+        (1.0, -1.0, lb), (1.0, -1.0, ub), (1.0, -1.0, zero),
+    ]
+    zs, ds = [], []
+    for i in range(len(lines)):
+        for j in range(i + 1, len(lines)):
+            p1, q1, r1 = lines[i]
+            p2, q2, r2 = lines[j]
+            det = p1 * q2 - p2 * q1
+            if det == 0:
+                continue
+            zs.append((r1 * q2 - r2 * q1) / det)
+            ds.append((p1 * r2 - p2 * r1) / det)
+    z = torch.stack(zs, dim=-1)
+    d = torch.stack(ds, dim=-1)
+    scale = 1.0 + torch.stack([la.abs(), ua.abs(), ld.abs(), ud.abs()], -1).amax(-1, keepdim=True)
+    tol = 1e-9 * scale
+    in_box = (z >= la.unsqueeze(-1) - tol) & (z <= ua.unsqueeze(-1) + tol)
+    in_box &= (d >= ld.unsqueeze(-1) - tol) & (d <= ud.unsqueeze(-1) + tol)
+    zb = z - d
+    in_d = in_box & (zb >= lb.unsqueeze(-1) - tol) & (zb <= ub.unsqueeze(-1) + tol)
+    empty = ~in_d.any(dim=-1, keepdim=True)
+    mask = torch.where(empty, in_box, in_d)
+    return z, d, mask
+
+
+def diff_relaxation(la: Tensor, ua: Tensor, lb: Tensor, ub: Tensor, ld: Tensor, ud: Tensor):
+    """Planes bounding ``f(z, delta) = relu(z) - relu(z - delta)`` over the neuron's domain (see module doc).
+
+    All arguments are ``[...]`` bounds of ``z_A``, ``z_B`` and ``delta``. Returns
+    ``(up_z, up_d, up_c, lo_z, lo_d, lo_c)`` with ``lo_z z + lo_d delta + lo_c <= f <= up_z z + up_d delta + up_c``.
+    """
+    lam_a = relu_relaxation(la, ua)[0]
+    lam_b = relu_relaxation(lb, ub)[0]
+    one, zero = torch.ones_like(la), torch.zeros_like(la)
+    cand = [(zero, zero)]
+    for a_a in (zero, one, lam_a):
+        for a_b in (zero, one, lam_b):
+            cand.append((a_a - a_b, a_b))
+    cand += [(zero, lam_a), (zero, lam_b)]
+    # secant planes of f over the (z, delta) box: slopes along z at either delta edge, along delta at either z edge
+    # (f is 1-Lipschitz in z and in delta, so exact secant slopes lie in [-1, 1]; degenerate widths give 0)
+    def secant(num: Tensor, width: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        ok = width > 1e-12 * (1 + torch.maximum(lo.abs(), hi.abs()))
+        return torch.where(ok, num / torch.where(ok, width, one), zero).clamp(-1, 1)
+
+    sz = [secant(_f(ua, e) - _f(la, e), ua - la, la, ua) for e in (ld, ud)]
+    sd = [secant(_f(e, ud) - _f(e, ld), ud - ld, ld, ud) for e in (la, ua)]
+    cand += [(x, y) for x in sz for y in sd]
+    az = torch.stack([c[0] for c in cand], dim=-1)  # [..., C]
+    ad = torch.stack([c[1] for c in cand], dim=-1)
+    vz, vd, mask = _vertices(la, ua, lb, ub, ld, ud)  # [..., V]
+    fv = _f(vz, vd)
+    resid = fv.unsqueeze(-2) - az.unsqueeze(-1) * vz.unsqueeze(-2) - ad.unsqueeze(-1) * vd.unsqueeze(-2)
+    m = mask.unsqueeze(-2)
+    inf = torch.tensor(float("inf"), dtype=la.dtype, device=la.device)
+    up_c = torch.where(m, resid, -inf).amax(dim=-1)  # [..., C]
+    lo_c = torch.where(m, resid, inf).amin(dim=-1)
+    zc, dc = ((la + ua) / 2).unsqueeze(-1), ((ld + ud) / 2).unsqueeze(-1)
+    up_val = az * zc + ad * dc + up_c
+    lo_val = az * zc + ad * dc + lo_c
+    iu = up_val.argmin(dim=-1, keepdim=True)
+    il = lo_val.argmax(dim=-1, keepdim=True)
+
+    def pick(t, i):
+        return t.gather(-1, i).squeeze(-1)
+
+    return pick(az, iu), pick(ad, iu), pick(up_c, iu), pick(az, il), pick(ad, il), pick(lo_c, il)
+
+
+# --- back-substitution -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LayerBounds:
+    la: Tensor
+    ua: Tensor
+    lb: Tensor
+    ub: Tensor
+    ld: Tensor
+    ud: Tensor
+    relax_a: tuple = field(default=())
+    relax_b: tuple = field(default=())
+    relax_d: tuple = field(default=())
+
+
+def _bdot(lam: Tensor, v: Tensor) -> Tensor:
+    """``[N, S, n] x [N, n] -> [N, S]``."""
+    return torch.bmm(lam, v.unsqueeze(-1)).squeeze(-1)
+
+
+def _concretize(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """``max_x coef @ x + const`` over the box: ``[N, S]``. ``coef`` ``[N, S, n]``, box ``[N, n]``."""
+    center = (upper + lower) / 2
+    radius = (upper - lower) / 2
+    return _bdot(coef, center) + _bdot(coef.abs(), radius) + const
+
+
+class DiffBounder(SpecBounder):
+    """Differential CROWN for a pair of same-architecture ReLU networks.
+
+    Args:
+        model_a, model_b: the models (eval mode, float64 recommended).
+        input_shape: one input's shape.
+
+    Raises:
+        NotApplicable: the pair is not two dense ReLU chains of equal shapes.
+
+    Example:
+        >>> from torch import nn
+        >>> a = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)).double()
+        >>> bounder = DiffBounder(a, a, (2,))
+        >>> lo, hi = bounder.delta_bounds(torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64))
+        >>> float(lo.abs().max()), float(hi.abs().max())
+        (0.0, 0.0)
+    """
+
+    def __init__(self, model_a: nn.Module, model_b: nn.Module, input_shape):
+        self.layers_a, self.layers_b = _pair_layers(model_a, model_b, tuple(input_shape))
+        self.n_outputs = int(self.layers_a[-1].weight.shape[0])
+        self.dw = [a.weight - b.weight for a, b in zip(self.layers_a, self.layers_b)]
+        self.db = [a.bias - b.bias for a, b in zip(self.layers_a, self.layers_b)]
+        self._cache: tuple[Tensor, Tensor, list] | None = None
+
+    def _bounds_for(self, lower: Tensor, upper: Tensor) -> list[_LayerBounds]:
+        """Intermediate bounds of the boxes, reused while the same boxes are asked about again."""
+        c = self._cache
+        if c is not None and c[0] is lower and c[1] is upper:
+            return c[2]
+        bounds = self.intermediate_bounds(lower.flatten(1), upper.flatten(1))
+        self._cache = (lower, upper, bounds)
+        return bounds
+
+    def spec_bounds(self, kind, lower, upper, spec=None):
+        k, n = self.n_outputs, lower.shape[0]
+        if spec is None:
+            spec = self._eye(n, k if kind == "delta" else 2 * k, lower)
+        s = spec.shape[1]
+        both = torch.cat([spec, -spec], dim=1)
+        if kind == "delta":
+            spec_z, spec_d = None, both
+        elif kind == "pair":
+            # C_A A + C_B B = (C_A + C_B) A - C_B (A - B)
+            c_a, c_b = both[..., :k], both[..., k:]
+            spec_z, spec_d = c_a + c_b, -c_b
+        else:
+            raise SpecUnavailable(f"the differential bound has no {kind} relaxation")
+        out = self.bound_spec(lower, upper, spec_d, spec_z, bounds=self._bounds_for(lower, upper))
+        ub, neg_lb = out.split(s, dim=1)
+        return -neg_lb, ub
+
+    # single-network CROWN --------------------------------------------------------------------------------------
+
+    def _backsub_single(self, layers: list[DenseLayer], k: int, spec: Tensor, bounds: list[_LayerBounds], net: str,
+                        lower: Tensor, upper: Tensor) -> Tensor:
+        """Upper bound of ``spec @ z^k`` (``spec`` ``[N, S, n_k]``) for network ``net`` ('a' or 'b')."""
+        lam = spec
+        const = (lam @ layers[k].bias)
+        lam = (lam @ layers[k].weight)  # on h^{k-1}
+        for j in range(k - 1, -1, -1):
+            up_s, up_b, lo_s = bounds[j].relax_a if net == "a" else bounds[j].relax_b
+            pos, neg = lam.clamp_min(0), lam.clamp_max(0)
+            const = const + _bdot(pos, up_b)
+            lam = pos * up_s.unsqueeze(1) + neg * lo_s.unsqueeze(1)  # on z^j
+            const = const + (lam @ layers[j].bias)
+            lam = (lam @ layers[j].weight)
+        return _concretize(lam, const, lower, upper)
+
+    # differential CROWN ----------------------------------------------------------------------------------------
+
+    def _backsub_diff(self, k: int, spec_z: Tensor | None, spec_d: Tensor, bounds: list[_LayerBounds],
+                      lower: Tensor, upper: Tensor) -> Tensor:
+        """Upper bound of ``spec_z @ z_A^k + spec_d @ delta^k`` over the box, ``[N, S]``."""
+        la, lb = self.layers_a, self.layers_b
+        const = (spec_d @ self.db[k])
+        p = (spec_d @ self.dw[k])  # on h_A^{k-1}
+        q = (spec_d @ lb[k].weight)  # on d^{k-1}
+        if spec_z is not None:
+            const = const + (spec_z @ la[k].bias)
+            p = p + (spec_z @ la[k].weight)
+        for j in range(k - 1, -1, -1):
+            up_s, up_b, lo_s = bounds[j].relax_a
+            uz, ud_, uc, lz, ld_, lc = bounds[j].relax_d
+            pp, pn = p.clamp_min(0), p.clamp_max(0)
+            qp, qn = q.clamp_min(0), q.clamp_max(0)
+            const = const + _bdot(pp, up_b)
+            const = const + _bdot(qp, uc) + _bdot(qn, lc)
+            lam_z = pp * up_s.unsqueeze(1) + pn * lo_s.unsqueeze(1) + qp * uz.unsqueeze(1) + qn * lz.unsqueeze(1)
+            lam_d = qp * ud_.unsqueeze(1) + qn * ld_.unsqueeze(1)
+            # z_A^j = W_A h_A + b_A ; delta^j = W_B d + dW h_A + db
+            const = const + (lam_z @ la[j].bias) + (lam_d @ self.db[j])
+            p = (lam_z @ la[j].weight) + (lam_d @ self.dw[j])
+            q = (lam_d @ lb[j].weight)
+        # at the input d^{-1} = 0 (both models see the same x): q drops out
+        return _concretize(p, const, lower, upper)
+
+    def _eye(self, n_batch: int, n: int, like: Tensor) -> Tensor:
+        return torch.eye(n, dtype=like.dtype, device=like.device).unsqueeze(0).expand(n_batch, n, n)
+
+    def intermediate_bounds(self, lower: Tensor, upper: Tensor) -> list[_LayerBounds]:
+        """Bounds and relaxations of every hidden layer for the boxes ``[N, n_in]``."""
+        bounds: list[_LayerBounds] = []
+        n_batch = lower.shape[0]
+        for k in range(len(self.layers_a) - 1):
+            n = self.layers_a[k].weight.shape[0]
+            eye = self._eye(n_batch, n, lower)
+            both = torch.cat([eye, -eye], dim=1)  # upper and lower bounds in one pass
+            ua, la_ = self._backsub_single(self.layers_a, k, both, bounds, "a", lower, upper).split(n, dim=1)
+            ub, lb_ = self._backsub_single(self.layers_b, k, both, bounds, "b", lower, upper).split(n, dim=1)
+            ud, ld = self._backsub_diff(k, None, both, bounds, lower, upper).split(n, dim=1)
+            la_, lb_, ld = -la_, -lb_, -ld
+            # the three quantities constrain each other: z_B = z_A - delta
+            ud = torch.minimum(ud, ua - lb_)
+            ld = torch.maximum(ld, la_ - ub)
+            ub = torch.minimum(ub, ua - ld)
+            lb_ = torch.maximum(lb_, la_ - ud)
+            ua = torch.minimum(ua, ub + ud)
+            la_ = torch.maximum(la_, lb_ + ld)
+            b = _LayerBounds(la_, ua, lb_, ub, ld, ud)
+            b.relax_a = relu_relaxation(la_, ua)
+            b.relax_b = relu_relaxation(lb_, ub)
+            b.relax_d = diff_relaxation(la_, ua, lb_, ub, ld, ud)
+            bounds.append(b)
+        return bounds
+
+    def bound_spec(self, lower: Tensor, upper: Tensor, spec_d: Tensor, spec_z: Tensor | None = None,
+                   bounds: list[_LayerBounds] | None = None) -> Tensor:
+        """Upper bounds ``[N, S]`` of ``spec_z @ A(x) + spec_d @ (A(x) - B(x))`` over each box.
+
+        ``lower``/``upper`` are ``[N, *input_shape]``; ``spec_d``/``spec_z`` are ``[N, S, K]``.
+        """
+        lower, upper = lower.flatten(1), upper.flatten(1)
+        if bounds is None:
+            bounds = self.intermediate_bounds(lower, upper)
+        return self._backsub_diff(len(self.layers_a) - 1, spec_z, spec_d, bounds, lower, upper)
+
+    def delta_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """Elementwise bounds ``([N, K], [N, K])`` of ``A(x) - B(x)`` over each box."""
+        lo, up = lower.flatten(1), upper.flatten(1)
+        bounds = self.intermediate_bounds(lo, up)
+        eye = self._eye(lo.shape[0], self.n_outputs, lo)
+        ub, lb = self.bound_spec(lo, up, torch.cat([eye, -eye], dim=1), bounds=bounds).split(self.n_outputs, dim=1)
+        return -lb, ub

@@ -1,0 +1,55 @@
+"""Small random model pairs for tests (float64)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp(sizes: list[int], seed: int, act: type[nn.Module] = nn.ReLU, scale: float = 1.0) -> nn.Sequential:
+    g = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = nn.Linear(m, n).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(n, m, generator=g, dtype=torch.float64) * scale / m**0.5)
+            lin.bias.copy_(torch.randn(n, generator=g, dtype=torch.float64) * 0.1)
+        layers.append(lin)
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers).eval()
+
+
+def perturbed(model: nn.Module, rel: float, seed: int) -> nn.Module:
+    """A copy of ``model`` with every parameter moved by ``rel`` times its scale in a random direction."""
+    import copy
+
+    g = torch.Generator().manual_seed(seed)
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * rel * (p.abs().mean() + 1e-3))
+    return out.eval()
+
+
+class SmallCNN(nn.Module):
+    """1x6x6 -> conv(2, 3x3) -> BN -> ReLU -> conv -> ReLU (+ residual add) -> avgpool(2) -> flatten -> linear(3)."""
+
+    def __init__(self, seed: int, residual: bool = True):
+        super().__init__()
+        self.residual = residual
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(2 * 3 * 3, 3)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.2, 0.2)
+            self.bn.running_var.uniform_(0.5, 1.5)
+        self.double().eval()
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        h = torch.relu(self.conv2(h)) + h if self.residual else torch.relu(self.conv2(h))
+        return self.fc(torch.flatten(self.pool(h), 1))
