@@ -128,7 +128,27 @@ def diff_relaxation(la: Tensor, ua: Tensor, lb: Tensor, ub: Tensor, ld: Tensor, 
 
     All arguments are ``[...]`` bounds of ``z_A``, ``z_B`` and ``delta``. Returns
     ``(up_z, up_d, up_c, lo_z, lo_d, lo_c)`` with ``lo_z z + lo_d delta + lo_c <= f <= up_z z + up_d delta + up_c``.
+    Neurons stable in both networks get their exact linear form (``f = delta``, ``0``, ``z`` or ``delta - z``);
+    the planes are searched for the others only.
     """
+    a_on, a_off, b_on, b_off = la >= 0, ua <= 0, lb >= 0, ub <= 0
+    stable = (a_on | a_off) & (b_on | b_off)
+    one, zero = torch.ones_like(la), torch.zeros_like(la)
+    # exact: both on -> delta; both off -> 0; A on, B off -> z; A off, B on -> delta - z
+    ez = torch.where(a_on & b_off, one, torch.where(a_off & b_on, -one, zero))
+    ed = torch.where(b_on, one, zero)
+    out = [ez, ed, zero.clone(), ez.clone(), ed.clone(), zero.clone()]
+    if stable.all():
+        return tuple(out)
+    idx = ~stable
+    planes = _planes(la[idx], ua[idx], lb[idx], ub[idx], ld[idx], ud[idx])
+    for t, v in zip(out, planes):
+        t[idx] = v
+    return tuple(out)
+
+
+def _planes(la: Tensor, ua: Tensor, lb: Tensor, ub: Tensor, ld: Tensor, ud: Tensor):
+    """The plane search of :func:`diff_relaxation` for 1-D tensors of neurons."""
     lam_a = relu_relaxation(la, ua)[0]
     lam_b = relu_relaxation(lb, ub)[0]
     one, zero = torch.ones_like(la), torch.zeros_like(la)
@@ -188,11 +208,120 @@ def _bdot(lam: Tensor, v: Tensor) -> Tensor:
     return torch.bmm(lam, v.unsqueeze(-1)).squeeze(-1)
 
 
+_FIELDS = ("la", "ua", "lb", "ub", "ld", "ud")
+
+
+def split_bounds(bounds: list[_LayerBounds]) -> list[list[tuple[Tensor, ...]]]:
+    """Per-box states (for branch and bound): box i gets one tuple of six ``[n]`` tensors per layer."""
+    n = bounds[0].la.shape[0] if bounds else 0
+    return [[tuple(getattr(b, f)[i] for f in _FIELDS) for b in bounds] for i in range(n)]
+
+
+def stack_bounds(states: list[list[tuple[Tensor, ...]]]) -> list[_LayerBounds]:
+    """Inverse of :func:`split_bounds` (the relaxations are not restored; only the bounds are used)."""
+    layers = len(states[0])
+    return [_LayerBounds(*(torch.stack([s[k][j] for s in states]) for j in range(6))) for k in range(layers)]
+
+
 def _concretize(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """``max_x coef @ x + const`` over the box: ``[N, S]``. ``coef`` ``[N, S, n]``, box ``[N, n]``."""
     center = (upper + lower) / 2
     radius = (upper - lower) / 2
     return _bdot(coef, center) + _bdot(coef.abs(), radius) + const
+
+
+#: Inputs with at most this many features get forward-mode intermediate bounds by default.
+FORWARD_MAX_INPUTS = 32
+
+
+def _lin_max(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """``max`` over the box of ``coef @ x + const``: ``coef`` ``[N, n, d]``, box ``[N, d]`` -> ``[N, n]``."""
+    return _concretize(coef, const, lower, upper)
+
+
+def _pos_neg(w: Tensor) -> tuple[Tensor, Tensor]:
+    return w.clamp_min(0), w.clamp_max(0)
+
+
+class _Forward:
+    """Linear upper/lower functions of the input for z_A, z_B and delta, carried forward layer by layer."""
+
+    def __init__(self, lower: Tensor, upper: Tensor):
+        self.lower, self.upper = lower, upper
+        self.state: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    @staticmethod
+    def _affine(w: Tensor, b: Tensor | None, up: tuple[Tensor, Tensor], lo: tuple[Tensor, Tensor]):
+        """``w @ y + b`` for ``lo <= y <= up`` given as linear functions ``(coef [N,n,d], const [N,n])``."""
+        wp, wn = _pos_neg(w)
+
+        def mm(m: Tensor, coef: Tensor) -> Tensor:  # [n_out, n] x [N, n, d] as one GEMM
+            return (coef.transpose(1, 2) @ m.T).transpose(1, 2)
+
+        u_coef = mm(wp, up[0]) + mm(wn, lo[0])
+        l_coef = mm(wp, lo[0]) + mm(wn, up[0])
+        u_const = up[1] @ wp.T + lo[1] @ wn.T
+        l_const = lo[1] @ wp.T + up[1] @ wn.T
+        if b is not None:
+            u_const, l_const = u_const + b, l_const + b
+        return (u_coef, u_const), (l_coef, l_const)
+
+    @staticmethod
+    def _add(x: tuple[Tensor, Tensor], y: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return x[0] + y[0], x[1] + y[1]
+
+    @staticmethod
+    def _relu(relax: tuple, up: tuple[Tensor, Tensor], lo: tuple[Tensor, Tensor]):
+        slope, bias, lo_slope = relax
+        return (up[0] * slope.unsqueeze(-1), up[1] * slope + bias), (lo[0] * lo_slope.unsqueeze(-1), lo[1] * lo_slope)
+
+    @staticmethod
+    def _plane(az: Tensor, ad: Tensor, c: Tensor, z: tuple, dl: tuple, upper_side: bool):
+        """``az z + ad delta + c`` bounded above (or below) with the linear bounds of z and delta."""
+        (zu, zl), (du, dl_) = z, dl
+        azp, azn = _pos_neg(az)
+        adp, adn = _pos_neg(ad)
+        if not upper_side:
+            zu, zl, du, dl_ = zl, zu, dl_, du
+        coef = (zu[0] * azp.unsqueeze(-1) + zl[0] * azn.unsqueeze(-1)
+                + du[0] * adp.unsqueeze(-1) + dl_[0] * adn.unsqueeze(-1))
+        const = zu[1] * azp + zl[1] * azn + du[1] * adp + dl_[1] * adn + c
+        return coef, const
+
+    def layer(self, bounder: "DiffBounder", k: int, bounds: list) -> tuple[Tensor, ...]:
+        """Concrete ``(ua, la, ub, lb, ud, ld)`` of layer ``k`` (after updating the linear functions)."""
+        la_, lb_ = bounder.layers_a[k], bounder.layers_b[k]
+        n_batch, d = self.lower.shape
+        if k == 0:
+            def exact(w, b):
+                coef = w.unsqueeze(0).expand(n_batch, *w.shape)
+                const = b.unsqueeze(0).expand(n_batch, -1)
+                return (coef, const), (coef, const)
+
+            za, zb, dd = exact(la_.weight, la_.bias), exact(lb_.weight, lb_.bias), exact(bounder.dw[0], bounder.db[0])
+        else:
+            prev = bounds[k - 1]
+            za_u, za_l, zb_u, zb_l, dd_u, dd_l = self.state["prev"]
+            ha = self._relu(prev.relax_a, za_u, za_l)
+            hb = self._relu(prev.relax_b, zb_u, zb_l)
+            uz, ud_, uc, lz, ld_, lc = prev.relax_d
+            d_up = self._plane(uz, ud_, uc, (za_u, za_l), (dd_u, dd_l), True)
+            d_lo = self._plane(lz, ld_, lc, (za_u, za_l), (dd_u, dd_l), False)
+            za = self._affine(la_.weight, la_.bias, *ha)
+            zb = self._affine(lb_.weight, lb_.bias, *hb)
+            t1 = self._affine(lb_.weight, None, d_up, d_lo)
+            t2 = self._affine(bounder.dw[k], bounder.db[k], *ha)
+            dd = (self._add(t1[0], t2[0]), self._add(t1[1], t2[1]))
+        self.state["prev"] = (za[0], za[1], zb[0], zb[1], dd[0], dd[1])
+        lo, hi = self.lower, self.upper
+
+        def conc(up, low):
+            return _lin_max(up[0], up[1], lo, hi), -_lin_max(-low[0], -low[1], lo, hi)
+
+        ua, la = conc(*za)
+        ub, lb = conc(*zb)
+        ud, ld = conc(*dd)
+        return ua, la, ub, lb, ud, ld
 
 
 class DiffBounder(SpecBounder):
@@ -214,12 +343,18 @@ class DiffBounder(SpecBounder):
         (0.0, 0.0)
     """
 
-    def __init__(self, model_a: nn.Module, model_b: nn.Module, input_shape):
+    def __init__(self, model_a: nn.Module, model_b: nn.Module, input_shape, intermediate: str | None = None):
         self.layers_a, self.layers_b = _pair_layers(model_a, model_b, tuple(input_shape))
+        n_in = int(self.layers_a[0].weight.shape[1])
+        self.intermediate = intermediate or "backward"
         self.n_outputs = int(self.layers_a[-1].weight.shape[0])
         self.dw = [a.weight - b.weight for a, b in zip(self.layers_a, self.layers_b)]
         self.db = [a.bias - b.bias for a, b in zip(self.layers_a, self.layers_b)]
         self._cache: tuple[Tensor, Tensor, list] | None = None
+
+    def use_intermediate(self, lower: Tensor, upper: Tensor, bounds: list[_LayerBounds]) -> None:
+        """Make the next :meth:`spec_bounds` calls on exactly these box tensors use ``bounds``."""
+        self._cache = (lower, upper, bounds)
 
     def _bounds_for(self, lower: Tensor, upper: Tensor) -> list[_LayerBounds]:
         """Intermediate bounds of the boxes, reused while the same boxes are asked about again."""
@@ -296,18 +431,36 @@ class DiffBounder(SpecBounder):
     def _eye(self, n_batch: int, n: int, like: Tensor) -> Tensor:
         return torch.eye(n, dtype=like.dtype, device=like.device).unsqueeze(0).expand(n_batch, n, n)
 
-    def intermediate_bounds(self, lower: Tensor, upper: Tensor) -> list[_LayerBounds]:
-        """Bounds and relaxations of every hidden layer for the boxes ``[N, n_in]``."""
+    def intermediate_bounds(self, lower: Tensor, upper: Tensor, mode: str | None = None,
+                            parent: list[_LayerBounds] | None = None) -> list[_LayerBounds]:
+        """Bounds and relaxations of every hidden layer for the boxes ``[N, n_in]``.
+
+        ``mode``: ``backward`` (CROWN back-substitution for every neuron: tightest, cost grows with depth squared
+        times width), ``forward`` (linear bounds in the input carried forward: cost grows with the input
+        dimension, so cheap for low-dimensional inputs), or None for :attr:`intermediate` (set at construction:
+        ``forward`` for at most :data:`FORWARD_MAX_INPUTS` inputs). ``parent``: bounds valid on boxes containing
+        these (branch and bound's parent boxes, one per box); each layer's bounds are intersected with them.
+        """
+        mode = mode or self.intermediate
         bounds: list[_LayerBounds] = []
         n_batch = lower.shape[0]
+        fwd = _Forward(lower, upper) if mode == "forward" else None
         for k in range(len(self.layers_a) - 1):
             n = self.layers_a[k].weight.shape[0]
-            eye = self._eye(n_batch, n, lower)
-            both = torch.cat([eye, -eye], dim=1)  # upper and lower bounds in one pass
-            ua, la_ = self._backsub_single(self.layers_a, k, both, bounds, "a", lower, upper).split(n, dim=1)
-            ub, lb_ = self._backsub_single(self.layers_b, k, both, bounds, "b", lower, upper).split(n, dim=1)
-            ud, ld = self._backsub_diff(k, None, both, bounds, lower, upper).split(n, dim=1)
-            la_, lb_, ld = -la_, -lb_, -ld
+            if fwd is not None:
+                ua, la_, ub, lb_, ud, ld = fwd.layer(self, k, bounds)
+            else:
+                eye = self._eye(n_batch, n, lower)
+                both = torch.cat([eye, -eye], dim=1)  # upper and lower bounds in one pass
+                ua, la_ = self._backsub_single(self.layers_a, k, both, bounds, "a", lower, upper).split(n, dim=1)
+                ub, lb_ = self._backsub_single(self.layers_b, k, both, bounds, "b", lower, upper).split(n, dim=1)
+                ud, ld = self._backsub_diff(k, None, both, bounds, lower, upper).split(n, dim=1)
+                la_, lb_, ld = -la_, -lb_, -ld
+            if parent is not None:
+                p = parent[k]
+                ua, la_, ub, lb_ = torch.minimum(ua, p.ua), torch.maximum(la_, p.la), torch.minimum(ub, p.ub), \
+                    torch.maximum(lb_, p.lb)
+                ud, ld = torch.minimum(ud, p.ud), torch.maximum(ld, p.ld)
             # the three quantities constrain each other: z_B = z_A - delta
             ud = torch.minimum(ud, ua - lb_)
             ld = torch.maximum(ld, la_ - ub)

@@ -1,0 +1,295 @@
+"""Input-split branch and bound: tighten the certified upper bound of a divergence over one box until it meets
+the lower bound found by search (or proves/disproves ``divergence < threshold``).
+
+The box is split into sub-boxes kept in a priority queue ordered by their certified upper bound. Each round pops
+the worst sub-boxes (a batch), splits each in two along one input dimension and bounds the children together.
+The split dimension is chosen by its effect on the bound: for inputs of at most :data:`LOOKAHEAD_DIMS` varying
+dimensions every dimension's two children are bounded and the dimension whose worse child is best is kept; for
+more dimensions the dimension with the largest ``|coefficient| x width`` in the box's own linear bound is split.
+The lower bound is the divergence at the sub-box centres seen so far, improved by the disagreement search
+(:mod:`modeldiff.search`) on the current worst sub-box every few rounds.
+
+The result is *anytime*: whenever the run stops (tolerance met, threshold decided, node or time budget, Ctrl-C),
+``[lower, upper]`` is valid: ``upper`` is the largest bound over the sub-boxes still open, which together cover
+the box.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from modeldiff.bounds.base import SpecBounder
+from modeldiff.bounds.derive import abs_max
+from modeldiff.errors import BoundError
+from modeldiff.results import tensor_to_list
+
+__all__ = ["BaBResult", "LOOKAHEAD_DIMS", "branch_and_bound_box"]
+
+logger = logging.getLogger(__name__)
+
+#: Inputs with at most this many varying dimensions choose the split by bounding every candidate split.
+LOOKAHEAD_DIMS = 8
+
+
+@dataclass(frozen=True, eq=False)
+class BaBResult:
+    """Branch and bound over one box.
+
+    Attributes:
+        lower: the largest divergence found at a point of the box (sound lower bound of the maximum).
+        upper: certified upper bound of the divergence over the box.
+        status: ``converged`` (upper - lower within tolerance), ``proven`` (upper < threshold),
+            ``disproven`` (lower >= threshold: a witness), ``node-limit``, ``time-limit`` or ``interrupted``.
+        nodes: sub-boxes bounded.
+        time_s: wall time.
+        witness: the input reaching ``lower``.
+        initial_upper: the bound of the whole box before any split.
+    """
+
+    lower: float
+    upper: float
+    status: str
+    nodes: int
+    time_s: float
+    witness: Tensor
+    initial_upper: float
+    threshold: float | None = None
+    history: list = field(default_factory=list)
+
+    @property
+    def proven(self) -> bool | None:
+        """With a threshold: True if ``upper < threshold``, False if a witness reaches it, None if undecided."""
+        if self.threshold is None:
+            return None
+        if self.upper < self.threshold:
+            return True
+        if self.lower >= self.threshold:
+            return False
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lower": self.lower,
+            "upper": self.upper,
+            "status": self.status,
+            "proven": self.proven,
+            "nodes": self.nodes,
+            "time_s": self.time_s,
+            "initial_upper": self.initial_upper,
+            "threshold": self.threshold,
+            "witness": tensor_to_list(self.witness),
+        }
+
+
+class _Objective:
+    """Certified bound of the divergence over each box of a batch, with per-box state for the differential bound:
+    a child box starts from its parent's intermediate bounds (valid on it, as it is contained in the parent),
+    intersected with cheap forward-mode bounds on the child itself; the root gets full back-substitution."""
+
+    def __init__(self, bounder: SpecBounder, divergence: str, output_index: int | None, label: int | None):
+        from modeldiff.bounds.diff import DiffBounder
+
+        self.bounder, self.divergence, self.output_index, self.label = bounder, divergence, output_index, label
+        self.stateful = isinstance(bounder, DiffBounder)
+
+    def __call__(self, lo: Tensor, hi: Tensor, parents: list | None = None) -> tuple[Tensor, list | None]:
+        from modeldiff.bounds.diff import split_bounds, stack_bounds
+
+        states = None
+        if self.stateful:
+            flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
+            if parents is None:
+                bounds = self.bounder.intermediate_bounds(flat_lo, flat_hi)
+            else:
+                bounds = self.bounder.intermediate_bounds(flat_lo, flat_hi, mode="forward",
+                                                          parent=stack_bounds(parents))
+            self.bounder.use_intermediate(lo, hi, bounds)
+            states = split_bounds(bounds)
+        labels = None
+        if self.label is not None:
+            labels = torch.full((lo.shape[0],), self.label, dtype=torch.long, device=lo.device)
+        up, lb, ub = self.bounder.bound_batch(self.divergence, lo, hi, labels)
+        if self.output_index is not None and lb is not None:
+            up = abs_max(lb[:, self.output_index], ub[:, self.output_index])
+        return up, states
+
+
+def _split(lo: Tensor, hi: Tensor, dims: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Halve each box along ``dims[i]``: the two children's bounds ``(lo1, hi1, lo2, hi2)``."""
+    idx = torch.arange(lo.shape[0], device=lo.device)
+    flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
+    mid = (flat_lo[idx, dims] + flat_hi[idx, dims]) / 2
+    hi1, lo2 = flat_hi.clone(), flat_lo.clone()
+    hi1[idx, dims] = mid
+    lo2[idx, dims] = mid
+    return lo, hi1.view_as(hi), lo2.view_as(lo), hi
+
+
+def _choose_dims(objective: _Objective, lo: Tensor, hi: Tensor, states: list | None, parent_up: Tensor):
+    """Split dimension per box by lookahead: bound both children for every varying dimension, keep the dimension
+    whose worse child is best. Returns ``(dims, up_child1, up_child2, states_child1, states_child2)``."""
+    n = lo.shape[0]
+    width = (hi - lo).flatten(1)
+    varying = torch.nonzero((width > 0).any(dim=0)).flatten()
+    if len(varying) == 0:
+        raise BoundError("cannot split a box of zero width")
+    los, his = [], []
+    for d in varying:
+        dims = torch.full((n,), int(d), dtype=torch.long, device=lo.device)
+        l1, h1, l2, h2 = _split(lo, hi, dims)
+        los += [l1, l2]
+        his += [h1, h2]
+    parents = None if states is None else states * (2 * len(varying))
+    ups, child_states = objective(torch.cat(los), torch.cat(his), parents)
+    # a child lies in its parent, so the parent's bound holds for it too (bounds are not monotone in the box)
+    ups = torch.minimum(ups.view(len(varying), 2, n), parent_up)
+    w = width[:, varying].T  # [D, n]
+    # a dimension far narrower than the box's widest cannot be split usefully (nor one of zero width)
+    narrow = w <= 1e-9 * w.amax(dim=0, keepdim=True)
+    # score: the children's bounds together (the worse child alone is myopic: near the maximiser it is about
+    # the same whichever way the box is cut); ties go to the wider dimension
+    score = ups.sum(dim=1) - 1e-12 * w / w.amax(dim=0, keepdim=True).clamp_min(1e-300) * ups.abs().sum(dim=1)
+    best = score.masked_fill(narrow, math.inf).argmin(dim=0)  # [n]
+    ar = torch.arange(n, device=lo.device)
+    s1 = s2 = None
+    if child_states is not None:
+        s1 = [child_states[(2 * int(best[i])) * n + i] for i in range(n)]
+        s2 = [child_states[(2 * int(best[i]) + 1) * n + i] for i in range(n)]
+    return varying[best], ups[best, 0, ar], ups[best, 1, ar], s1, s2
+
+
+def branch_and_bound_box(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    bounder: SpecBounder,
+    lower: Tensor,
+    upper: Tensor,
+    divergence: str,
+    *,
+    output_index: int | None = None,
+    label: int | None = None,
+    threshold: float | None = None,
+    tolerance: float = 1e-3,
+    max_nodes: int = 20_000,
+    time_budget_s: float | None = 60.0,
+    batch_boxes: int = 64,
+    search_every: int = 10,
+    seed: int = 0,
+) -> BaBResult:
+    """Branch and bound on one box ``[lower, upper]`` (``[1, *input_shape]``).
+
+    Args:
+        model_a, model_b: the models (eval mode, the bounder's dtype).
+        bounder: a :class:`~modeldiff.bounds.base.SpecBounder` for the pair.
+        divergence: the divergence's name.
+        output_index: for ``delta``: the output bounded (None: all outputs).
+        label: for ``top1``: the label agreement is certified on.
+        threshold: stop as soon as ``upper < threshold`` (proven) or ``lower >= threshold`` (disproven).
+        tolerance: stop when ``upper - lower <= tolerance * max(|upper|, 1e-12)``.
+        max_nodes, time_budget_s: budgets; the result stays valid when they stop the run.
+        batch_boxes: sub-boxes split per round.
+        search_every: run the disagreement search on the worst sub-box every this many rounds (0: never).
+
+    Returns:
+        A :class:`BaBResult`.
+    """
+    from modeldiff.search import evaluate, search
+    from modeldiff.regions import Region
+
+    start = time.perf_counter()
+    objective = _Objective(bounder, divergence, output_index, label)
+    value_div = divergence
+
+    def value(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return evaluate(model_a, model_b, x, value_div, output_index)
+
+    counter = itertools.count()
+    ups, states0 = objective(lower, upper)
+    up0 = float(ups[0])
+    nodes = 1
+    centre = (lower + upper) / 2
+    best_val = float(value(centre)[0])
+    best_x = centre[0].clone()
+    heap: list[tuple[float, int, Tensor, Tensor, Any]] = [
+        (-up0, next(counter), lower[0], upper[0], None if states0 is None else states0[0])
+    ]
+    history = [(0.0, best_val, up0)]
+    status = "node-limit"
+    rounds = 0
+    closed = -math.inf  # largest bound among the sub-boxes dropped from the queue (proven below the threshold)
+
+    def global_upper() -> float:
+        return max(-heap[0][0] if heap else -math.inf, closed, best_val)
+
+    def decided() -> str | None:
+        ub = global_upper()
+        if threshold is not None:
+            if ub < threshold:
+                return "proven"
+            if best_val >= threshold:
+                return "disproven"
+        if ub - best_val <= tolerance * max(abs(ub), 1e-12):
+            return "converged"
+        return None
+
+    try:
+        while True:
+            verdict = decided()
+            if verdict:
+                status = verdict
+                break
+            if nodes >= max_nodes:
+                status = "node-limit"
+                break
+            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+                status = "time-limit"
+                break
+            take = [heapq.heappop(heap) for _ in range(min(batch_boxes, len(heap)))]
+            lo = torch.stack([t[2] for t in take])
+            hi = torch.stack([t[3] for t in take])
+            parent_up = torch.tensor([-t[0] for t in take], dtype=lo.dtype, device=lo.device)
+            parent_states = None if take[0][4] is None else [t[4] for t in take]
+            dims, up1, up2, s1, s2 = _choose_dims(objective, lo, hi, parent_states, parent_up)
+            child_states = None if s1 is None else s1 + s2
+            nodes += 2 * lo.shape[0] * max(1, int((hi - lo).flatten(1).gt(0).any(0).sum()))
+            l1, h1, l2, h2 = _split(lo, hi, dims)
+            child_lo, child_hi = torch.cat([l1, l2]), torch.cat([h1, h2])
+            child_up = torch.cat([up1, up2])
+            vals = value((child_lo + child_hi) / 2)
+            i = int(vals.argmax())
+            if float(vals[i]) > best_val:
+                best_val, best_x = float(vals[i]), ((child_lo[i] + child_hi[i]) / 2).clone()
+            for j in range(child_lo.shape[0]):
+                u = float(child_up[j])
+                if u <= best_val:
+                    continue  # cannot hold anything above what was found: max(...) keeps the global bound valid
+                if threshold is not None and u < threshold:
+                    closed = max(closed, u)  # proven below the threshold
+                    continue
+                state = None if child_states is None else child_states[j]
+                heapq.heappush(heap, (-u, next(counter), child_lo[j], child_hi[j], state))
+            rounds += 1
+            if search_every and rounds % search_every == 0 and heap:
+                wl, wh = heap[0][2], heap[0][3]
+                found = search(model_a, model_b, Region(wl.unsqueeze(0), wh.unsqueeze(0)), value_div,
+                               output_index=output_index, restarts=4, steps=20, seed=seed + rounds,
+                               dtype=wl.dtype, device=wl.device)
+                if float(found.found[0]) > best_val:
+                    best_val, best_x = float(found.found[0]), found.witnesses[0].clone()
+            history.append((time.perf_counter() - start, best_val, global_upper()))
+    except KeyboardInterrupt:
+        status = "interrupted"
+    return BaBResult(
+        lower=best_val, upper=global_upper(), status=status, nodes=nodes, time_s=time.perf_counter() - start,
+        witness=best_x, initial_upper=up0, threshold=threshold, history=history,
+    )
