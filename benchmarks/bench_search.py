@@ -8,8 +8,8 @@ For each benchmark, in the same run and on the same machine:
 * **search**: :func:`modeldiff.search.search` with the given restarts and steps (``--configs``, default: its
   defaults, 10 x 100).
 
-Benchmarks (network B is A with float16 weights; the data is described in ``benchmarks/data/README`` or
-``/work/shared/benchmarks/README.md``):
+Benchmarks (network B is A with float16 weights; the data is described in ``benchmarks/data/README.md``; the
+regions are built by the shared loaders of ``benchmarks/suites.py``):
 
 * ``mnist-p3``: MNIST 3x100, global perturbation p=3 (pixel i in ``[max(0,(v-3)/255), min(1,(v+3)/255)]``),
   100 images, divergence ``delta`` on the true label;
@@ -19,7 +19,7 @@ Benchmarks (network B is A with float16 weights; the data is described in ``benc
   (property, network) pair of the published results (143), ``delta`` on the published target output.
 
 The script prints a markdown table and replaces its section of ``benchmarks/RESULTS.md`` (between the
-``bench_search`` markers), with the exact command that produced it.
+``bench_search`` markers, via ``suites.write_section``), with the exact command that produced it.
 
 Usage::
 
@@ -31,105 +31,44 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+import suites  # noqa: E402  (benchmarks/ is on sys.path when run as a script; it puts the project root there too)
 
-from modeldiff.loading import load_model  # noqa: E402
-from modeldiff.regions import Region, box  # noqa: E402
+from modeldiff.regions import Region  # noqa: E402
 from modeldiff.search import evaluate, search  # noqa: E402
 
 BENCHMARKS = ("mnist-p3", "mnist-3px", "har", "acas")
-START = "<!-- bench_search:start -->"
-END = "<!-- bench_search:end -->"
-DTYPE = torch.float64
+HERE = suites.HERE
+DTYPE = suites.DTYPE
 
 
 # ------------------------------------------------------------------------------------------------- data
 
 
 def data_root(arg: str | None) -> Path:
-    for cand in ([Path(arg)] if arg else []) + [HERE / "data", Path("/work/shared/benchmarks")]:
+    for cand in ([Path(arg)] if arg else []) + [suites.DATA, Path("/work/shared/benchmarks")]:
         if (cand / "mnist").is_dir() and (cand / "har").is_dir() and (cand / "acasxu").is_dir():
             return cand
     raise SystemExit("benchmark data not found (looked in --data, benchmarks/data, /work/shared/benchmarks)")
 
 
-def mnist_jobs(root: Path, kind: str, limit: int | None):
-    d = root / "mnist"
-    a = load_model(d / "mnist_relu_3_100.nnet")
-    b = load_model(d / "mnist_relu_3_100_16bit.nnet")
-    tests = json.loads((d / "tests.json").read_text())
-    v = torch.tensor(tests["images_0_255"], dtype=DTYPE)
-    y = torch.tensor(tests["labels"], dtype=torch.long)
-    if limit is not None:
-        v, y = v[:limit], y[:limit]
-    if kind == "p3":
-        lo = ((v - 3) / 255).clamp(0, 1)
-        hi = ((v + 3) / 255).clamp(0, 1)
+def load_jobs(name: str, limit: int | None):
+    """``(a, b, region, target)`` per model pair of the benchmark, from the shared loaders in ``suites``."""
+    if name == "acas":
+        jobs = suites.acas(limit)
+    elif name == "har":
+        jobs = [suites.har(limit)]
     else:
-        lo = (v / 255).clone()
-        hi = (v / 255).clone()
-        for k in range(v.shape[0]):
-            for p in tests["reludiff_pixels"][k][:3]:
-                lo[k, p], hi[k, p] = 0.0, 1.0
-    return [(a, b, box(lo, hi), y)]
-
-
-def har_jobs(root: Path, limit: int | None):
-    d = root / "har"
-    a = load_model(d / "HAR.nnet")
-    b = load_model(d / "HAR_16bit.nnet")
-    tests = json.loads((d / "tests.json").read_text())
-    v = torch.tensor(tests["HAR_test"], dtype=DTYPE)
-    y = torch.tensor(tests["HAR_correct_class"], dtype=torch.long)
-    if limit is not None:
-        v, y = v[:limit], y[:limit]
-    lo = (v - 0.1).clamp_min(-1.0)
-    hi = (v + 0.1).clamp_max(1.0)
-    return [(a, b, box(lo, hi), y)]
-
-
-def acas_jobs(root: Path, limit: int | None):
-    d = root / "acasxu"
-    boxes = json.loads((d / "properties.json").read_text())["boxes"]
-    pairs = []
-    with open(d / "published.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            key = (row["property"], row["net"], row["net16"], int(row["target"]))
-            if key not in pairs:
-                pairs.append(key)
-    if limit is not None:
-        pairs = pairs[:limit]
-    cache: dict[str, torch.nn.Module] = {}
-
-    def net(path: Path):
-        if str(path) not in cache:
-            cache[str(path)] = load_model(path)
-        return cache[str(path)]
-
-    jobs = []
-    for prop, name, name16, target in pairs:
-        a = net(d / "nets" / name)
-        b = net(d / "nets16" / name16)
-        lo = torch.tensor(boxes[prop]["lower"], dtype=DTYPE)
-        hi = torch.tensor(boxes[prop]["upper"], dtype=DTYPE)
-        lo = torch.maximum(lo, a.input_lower)
-        hi = torch.minimum(hi, a.input_upper)
-        hi = torch.maximum(hi, lo)
-        jobs.append((a, b, box(lo.unsqueeze(0), hi.unsqueeze(0)), torch.tensor([target])))
-    return jobs
+        jobs = [suites.mnist(name.split("-", 1)[1], limit)]
+    return [(j.a, j.b, j.region, j.target) for j in jobs]
 
 
 # ------------------------------------------------------------------------------------------------- baseline
@@ -221,18 +160,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{START}\n{text}\n{END}"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        _, tail = rest.split(END, 1)
-        new = head + section + tail
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="benchmark data folder (default: benchmarks/data, else /work/shared/benchmarks)")
@@ -253,24 +180,16 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--configs: expected items like 10x100, got {' '.join(args.configs)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = data_root(args.data)
+    if Path(args.results).resolve() != (HERE / "RESULTS.md").resolve():
+        p.error("--results: only benchmarks/RESULTS.md is supported (written by suites.write_section)")
+    suites.DATA = data_root(args.data)  # the suites loaders read their data from suites.DATA
     rows = []
     for name in args.benchmarks:
-        if name == "mnist-p3":
-            jobs = mnist_jobs(root, "p3", args.limit)
-        elif name == "mnist-3px":
-            jobs = mnist_jobs(root, "3px", args.limit)
-        elif name == "har":
-            jobs = har_jobs(root, args.limit)
-        else:
-            jobs = acas_jobs(root, args.limit)
-        rows += run_one(name, jobs, args)
+        rows += run_one(name, load_jobs(name, args.limit), args)
         print(f"{name}: done ({rows[-1]['baseline_s']:.1f} s baseline)", file=sys.stderr, flush=True)
-    command = "python benchmarks/bench_search.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = "\n".join([
         "## Search vs sampling + plain PGD (`benchmarks/bench_search.py`)",
         "",
-        f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, float64.  ",
         "Search: `modeldiff.search.search` (optimizer auto: APGD; in global mode, boxes with at most 16 free "
@@ -280,11 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         "pass. Time ratio = search time / baseline time (target: at most 0.2).",
         "",
         table(rows),
-        "",
     ])
     print(text)
     if not args.no_write:
-        write_results(Path(args.results), text)
+        command_argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+        print("wrote", suites.write_section("bench_search", text, command_argv))
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def acas(limit: int | None = None) -> list[Job]:
 def published(benchmark: str) -> dict[str, dict[str, float]]:
     """Published median certified |delta| on the target (and total time) per tool for an MNIST/HAR benchmark."""
     path = DATA / ("har" if benchmark == "har" else "mnist") / "published.csv"
-    names = {"mnist-p3": "mnist_3x100_global", "mnist-3px": "mnist_3x100_3pixel", "har": "har"}
+    names = {"mnist-p3": "mnist_3x100_global", "mnist-3px": "mnist_3x100_pixels", "har": "har"}
     vals: dict[str, list[float]] = {}
     times: dict[str, float] = {}
     with open(path, newline="") as f:

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BoundResult",
     "ComparisonGraph",
+    "bounds",
     "SearchResult",
     "bound",
     "load_model",
@@ -30,12 +31,13 @@ __all__ = [
 
 _LAZY = {
     "bound": ("modeldiff.bounds", "bound"),
-    "search": ("modeldiff.search", "search"),
+    "search": ("modeldiff.search", None),  # the package, callable as the search function
     "load_model": ("modeldiff.loading", "load_model"),
     "ComparisonGraph": ("modeldiff.graph", "ComparisonGraph"),
     "BoundResult": ("modeldiff.results", "BoundResult"),
     "SearchResult": ("modeldiff.results", "SearchResult"),
     "regions": ("modeldiff.regions", None),
+    "bounds": ("modeldiff.bounds", None),
 }
 
 

@@ -31,7 +31,7 @@ from modeldiff.graph import prepare_model
 from modeldiff.regions import Region
 from modeldiff.results import BoundResult
 
-__all__ = ["METHODS", "bound"]
+__all__ = ["METHODS", "bound", "refine"]
 
 logger = logging.getLogger(__name__)
 
@@ -200,3 +200,70 @@ def bound(
         dtype=str(dt).replace("torch.", ""),
         settings={"batch_size": batch_size, "alpha_iterations": alpha_iterations, "device": str(device)},
     )
+
+
+def refine(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    region: Region,
+    divergence: str = "linf",
+    method: str = "auto",
+    *,
+    output_index: int | Tensor | None = None,
+    threshold: float | None = None,
+    tolerance: float = 1e-3,
+    time_budget_s: float | None = 30.0,
+    max_nodes: int = 100_000,
+    dtype: torch.dtype | str = torch.float64,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+):
+    """Input-split branch and bound on every box of ``region``: a list of
+    :class:`~modeldiff.bounds.bab.BaBResult`, one per box, each an anytime-valid ``[lower, upper]``.
+
+    Args:
+        threshold: per box, stop once ``upper < threshold`` (proven) or a witness reaches it (disproven).
+        tolerance: stop once ``upper - lower <= tolerance * |upper|``.
+        time_budget_s, max_nodes: budgets per box.
+        Other arguments as for :func:`bound`.
+
+    Example:
+        >>> a = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+        >>> region = modeldiff.regions.box(torch.zeros(1, 2), torch.ones(1, 2))
+        >>> [r.upper for r in refine(a, a, region, "linf")]
+        [0.0]
+    """
+    from modeldiff.bounds.bab import branch_and_bound_box
+
+    div = get_divergence(divergence)
+    if not isinstance(method, str) or method not in METHODS:
+        raise BoundError(f"unknown bound method {method!r}; expected one of {', '.join(METHODS)}")
+    dt = resolve_dtype(dtype)
+    a = prepare_model(model_a, dt, device)
+    b = prepare_model(model_b, dt, device)
+    reg = region.to(device=device, dtype=dt)
+    bounder, _ = make_bounder(a, b, tuple(reg.input_shape), method)
+    idx = resolve_output_index(output_index, len(reg), bounder.n_outputs, reg.lower.device) \
+        if div.name == "delta" else None
+    labels = None
+    if div.name == "top1":
+        with torch.no_grad():
+            labels = a(reg.midpoints).argmax(dim=1)
+    results = []
+    bar = _progress(len(reg), progress)
+    try:
+        for i in range(len(reg)):
+            results.append(branch_and_bound_box(
+                a, b, bounder, reg.lower[i : i + 1], reg.upper[i : i + 1], div.name,
+                output_index=None if idx is None else int(idx[i]),
+                label=None if labels is None else int(labels[i]),
+                threshold=threshold, tolerance=tolerance, time_budget_s=time_budget_s, max_nodes=max_nodes,
+                seed=seed,
+            ))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results

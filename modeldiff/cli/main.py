@@ -16,7 +16,8 @@ from modeldiff.errors import ModelDiffError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DIVERGENCE_CHOICE = click.Choice(["delta", "linf", "l1", "l2", "kl", "tv", "top1"])
-METHOD_CHOICE = click.Choice(["ibp", "crown", "alpha-crown"])
+METHOD_CHOICE = click.Choice(["auto", "ibp", "crown", "alpha-crown", "diff"])
+OPTIMIZER_CHOICE = click.Choice(["auto", "apgd", "random", "square"])
 
 
 class _Command(click.Command):
@@ -228,9 +229,10 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 @click.option(
     "--method",
     type=METHOD_CHOICE,
-    default="crown",
+    default="auto",
     show_default=True,
-    help="Bound propagation method (auto_LiRPA on the composed graph).",
+    help="Bound method: ibp, crown, alpha-crown (auto_LiRPA on the composed graph), diff (differential bound "
+    "for same-architecture ReLU pairs) or auto (diff where it applies, else crown).",
 )
 @click.option("--output-index", type=int, help="For --divergence delta: the output to bound (default: all).")
 @click.option(
@@ -240,12 +242,28 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 )
 @click.option("--alpha-iterations", type=click.IntRange(min=1), default=20, show_default=True,
               help="Optimisation steps of alpha-CROWN.")
+@click.option("--search/--no-search", "run_search", default=True, show_default=True,
+              help="Also run a short disagreement search: shows what was found and the gap certified/found.")
+@click.option("--restarts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Search restarts per region.")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Search steps per restart.")
+@click.option("--witnesses", type=click.Path(dir_okay=False),
+              help="Save the search's witnesses (and values) to this .pt file.")
+@click.option("--bab", is_flag=True,
+              help="Tighten each region's bound by input-split branch and bound (best for low-dimensional inputs).")
+@click.option("--threshold", type=float,
+              help="With --bab: stop a region once its bound is below this (proven) or a witness reaches it.")
+@click.option("--bab-time", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="With --bab: time budget per region in seconds.")
+@click.option("--bab-nodes", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="With --bab: node budget per region.")
 @_model_options
 @_compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON object to this file.")
 def bound_cmd(
     model_a, model_b, data, eps, box, domain, limit, divergence, method, output_index, labels, alpha_iterations,
+    run_search, restarts, steps, witnesses, bab, threshold, bab_time, bab_nodes,
     arch, arch_b, trust_pickle, device, dtype, seed, batch_size, progress, as_json, out,
 ):
     """Certify an upper bound on how far MODEL_A and MODEL_B can differ over each input region.
@@ -281,49 +299,191 @@ def bound_cmd(
         a, b, region, divergence=divergence, method=method, output_index=index, dtype=dt, device=device,
         batch_size=batch_size, alpha_iterations=alpha_iterations, progress=show_progress,
     )
+    certified = result.upper.clone()
+    found = found_x = None
+    if run_search:
+        found_res = modeldiff.search(
+            a, b, region, divergence, output_index=result.output_index, restarts=restarts, steps=steps, seed=seed,
+            dtype=dt, device=device, progress=show_progress,
+        )
+        found, found_x = found_res.found.clone(), found_res.witnesses.clone()
+    bab_results = None
+    if bab:
+        from modeldiff.bounds import refine
+
+        bab_results = refine(
+            a, b, region, divergence, result.method, output_index=result.output_index, threshold=threshold,
+            time_budget_s=bab_time, max_nodes=bab_nodes, dtype=dt, device=device, seed=seed,
+            progress=show_progress,
+        )
+        certified = torch.minimum(certified, torch.tensor([r.upper for r in bab_results], dtype=certified.dtype))
+        lows = torch.tensor([r.lower for r in bab_results], dtype=certified.dtype)
+        if found is None:
+            found, found_x = lows, torch.stack([r.witness.cpu() for r in bab_results])
+        else:
+            better = lows > found
+            found = torch.where(better, lows, found)
+            found_x[better] = torch.stack([r.witness.cpu() for r in bab_results])[better].to(found_x.dtype)
+    rows = result.to_dict()["regions"]
+    for i, row in enumerate(rows):
+        row["certified"] = float(certified[i])
+        if found is not None:
+            row["found"] = float(found[i])
+            row["gap_ratio"] = _gap(float(certified[i]), float(found[i]))
+        if bab_results is not None:
+            row["bab"] = {k: v for k, v in bab_results[i].to_dict().items() if k != "witness"}
     payload = {
         "modeldiff_version": modeldiff.__version__,
         "model_a": str(model_a),
         "model_b": str(model_b),
         "settings": {
-            "divergence": divergence, "method": method, "eps": eps, "box": box, "data": data,
-            "domain": list(domain) if domain else None, "dtype": dtype, "device": device, "seed": seed,
-            "alpha_iterations": alpha_iterations, "output_index": output_index, "labels": labels,
+            "divergence": divergence, "method": method, "method_used": result.method, "eps": eps, "box": box,
+            "data": data, "domain": list(domain) if domain else None, "dtype": dtype, "device": device,
+            "seed": seed, "alpha_iterations": alpha_iterations, "output_index": output_index, "labels": labels,
+            "search": {"restarts": restarts, "steps": steps} if run_search else None,
+            "bab": {"threshold": threshold, "time_s": bab_time, "nodes": bab_nodes} if bab else None,
         },
         "region": region.to_dict(),
         "time_s": result.time_s,
-        "regions": result.to_dict()["regions"],
+        "witnesses": witnesses if (witnesses and found_x is not None) else None,
+        "regions": rows,
     }
+    if witnesses and found_x is not None:
+        _save_atomic({"witnesses": found_x, "found": found, "divergence": divergence}, witnesses)
     if out:
         _write_json_atomic(payload, out)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(_bound_table(result))
-    click.echo(f"\n{len(result)} region(s), {divergence}, {method}, {dtype}: {result.time_s:.2f} s")
+    click.echo(_bound_table(result, rows))
+    click.echo(f"\n{len(result)} region(s), {divergence}, {result.method}, {dtype}: {result.time_s:.2f} s")
 
 
-def _bound_table(result) -> str:
+def _gap(certified: float, found: float) -> float | None:
+    """certified / found, the factor by which the certificate may overstate the worst case (None if found = 0)."""
+    if found > 0:
+        return certified / found
+    return 1.0 if certified == 0 else None
+
+
+def _save_atomic(obj: Any, path: str) -> None:
+    import torch
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _bound_table(result, records: list[dict]) -> str:
     rows = []
-    for i in range(len(result)):
-        r = result.region_dict(i)
-        row = {"index": i, "certified": r["certified"]}
+    for r in records:
+        row = {"index": r["index"], "certified": r["certified"], "found": r.get("found"), "gap": r.get("gap_ratio")}
         if "delta_interval" in r:
             row["output"] = r["output_index"]
             row["delta_lo"], row["delta_hi"] = r["delta_interval"]
         if "agree_label" in r:
             row["label"] = r["agree_label"]
-            row["agreement"] = "proven" if r["agreement_certified"] else "not proven"
+            row["agreement"] = "proven" if r["certified"] == 0 else "not proven"
+        if "bab" in r:
+            row["bab"] = r["bab"]["status"]
         rows.append(row)
         if "delta_lower" in r:
             for t, (lo, hi) in enumerate(zip(r["delta_lower"], r["delta_upper"])):
                 rows.append({"index": "", "output": t, "delta_lo": lo, "delta_hi": hi})
-    columns = [("index", "region"), ("certified", "certified")]
+    columns = [("index", "region")]
+    if any("found" in r for r in records):
+        columns += [("found", "found"), ("certified", "certified"), ("gap", "certified/found")]
+    else:
+        columns += [("certified", "certified")]
     if result.divergence == "delta":
         columns += [("output", "output"), ("delta_lo", "delta lo"), ("delta_hi", "delta hi")]
     if result.divergence == "top1":
         columns += [("label", "label"), ("agreement", "agreement")]
+    if any("bab" in r for r in records):
+        columns += [("bab", "branch and bound")]
     return _table(rows, columns)
+
+
+# --- search --------------------------------------------------------------------------------------------------
+
+
+@cli.command("search", cls=_Command, context_settings=CONTEXT)
+@click.argument("model_a", type=click.Path(dir_okay=False))
+@click.argument("model_b", type=click.Path(dir_okay=False))
+@_region_options
+@click.option("--divergence", type=DIVERGENCE_CHOICE, default="linf", show_default=True,
+              help="What to maximise (top1: find inputs where the labels differ).")
+@click.option("--output-index", type=int, help="For --divergence delta: the output to maximise |A-B| of.")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="For --divergence delta: one output index per region in a .pt/.npy file.")
+@click.option("--restarts", type=click.IntRange(min=1), default=10, show_default=True, help="Restarts per region.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Steps per restart.")
+@click.option("--optimizer", type=OPTIMIZER_CHOICE, default="auto", show_default=True,
+              help="apgd (gradient), random or square (gradient-free), or auto (apgd; gradient-free when "
+              "gradients vanish).")
+@click.option("--time-budget", type=click.FloatRange(min=0), help="Stop after this many seconds (keeps the best).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Save witnesses, values and settings to this .pt file.")
+@_model_options
+@_compute_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def search_cmd(
+    model_a, model_b, data, eps, box, domain, limit, divergence, output_index, labels, restarts, steps, optimizer,
+    time_budget, out, arch, arch_b, trust_pickle, device, dtype, seed, batch_size, progress, as_json,
+):
+    """Search each region for inputs where MODEL_A and MODEL_B differ most ("contrastive dreaming").
+
+    Every value reported is recomputed on its witness by a plain forward pass of both models: a true lower bound
+    of the region's worst case. Ctrl-C stops the search and reports what was found so far.
+
+    \b
+    Example:
+      modeldiff search a.pt b.pt --arch pkg.mod:make --data points.pt --eps 0.03 --divergence top1 --out w.pt
+    """
+    import modeldiff
+    from modeldiff.bounds import resolve_dtype
+    from modeldiff.regions import load_labels
+
+    dt = resolve_dtype(dtype)
+    if output_index is not None and labels is not None:
+        raise click.UsageError("give at most one of --output-index and --labels")
+    if (output_index is not None or labels is not None) and divergence != "delta":
+        raise click.UsageError("--output-index and --labels apply to --divergence delta only")
+    a, b = _load_pair(model_a, model_b, arch, arch_b, trust_pickle, dt)
+    region = _build_region(data, eps, box, domain, limit, a, b, dt)
+    index = output_index if labels is None else load_labels(labels)[: len(region)]
+    show_progress = progress if progress is not None else len(region) > 64
+    result = modeldiff.search(
+        a, b, region, divergence, output_index=index, restarts=restarts, steps=steps, optimizer=optimizer,
+        time_budget_s=time_budget, seed=seed, dtype=dt, device=device, batch_size=batch_size,
+        progress=show_progress,
+    )
+    payload = {
+        "modeldiff_version": modeldiff.__version__,
+        "model_a": str(model_a),
+        "model_b": str(model_b),
+        "region": region.to_dict(),
+        "witnesses": out,
+        **result.to_dict(),
+    }
+    if out:
+        _save_atomic({"witnesses": result.witnesses, "found": result.found, "history": result.history,
+                      "history_steps": result.history_steps, "settings": payload}, out)
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+        return
+    rows = [{"index": i, "found": float(result.found[i])} for i in range(len(result))]
+    click.echo(_table(rows, [("index", "region"), ("found", f"found {divergence}")]))
+    note = " (interrupted: best so far)" if result.interrupted else ""
+    click.echo(f"\n{len(result)} region(s), {divergence}, {result.optimizer}, {result.restarts}x{result.steps}: "
+               f"{result.time_s:.2f} s{note}")
 
 
 # --- demo ----------------------------------------------------------------------------------------------------

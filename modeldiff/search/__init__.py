@@ -29,7 +29,21 @@ Example:
     True
 """
 
+import sys
+import types
+
 from modeldiff.search.driver import OPTIMIZERS, search
 from modeldiff.search.objectives import evaluate
 
 __all__ = ["OPTIMIZERS", "evaluate", "search"]
+
+
+class _CallableModule(types.ModuleType):
+    """``modeldiff.search`` is both this package and the function: ``modeldiff.search(a, b, region, ...)`` calls
+    :func:`search` (the package attribute shadows a function of the same name on the parent package)."""
+
+    def __call__(self, *args, **kwargs):
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -127,7 +127,7 @@ def test_state_dict_with_arch_bundled_digits():
     rows = [line.split() for line in lines[header + 2 : header + 4]]
     assert [r[0] for r in rows] == ["0", "1"]
     assert all(0 <= float(r[1]) < math.inf for r in rows)
-    assert "2 region(s), linf, crown, float64" in out
+    assert "2 region(s), linf, diff, float64" in out
 
 
 def test_state_dict_with_arch_table(files):

@@ -1,4 +1,4 @@
-"""Shared settings of the search tests."""
+"""Shared settings of the test suite."""
 
 from __future__ import annotations
 

@@ -1,0 +1,98 @@
+"""``modeldiff search`` and the search / branch-and-bound parts of ``modeldiff bound``, through CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from modeldiff.cli.main import cli
+from modeldiff.search import evaluate
+from modeldiff import zoo
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "modeldiff" / "data"
+BASE, PRUNED = DATA / "digits_mlp.pt", DATA / "digits_mlp_pruned.pt"
+ARCH = ("--arch", "modeldiff.zoo:digits_mlp")
+ACAS_DIR = REPO / "benchmarks" / "data" / "acasxu"
+
+
+def _run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def points(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("search") / "points.pt"
+    torch.save(zoo.digits_test()[0][:3], path)
+    return path
+
+
+def test_search_prints_found_and_saves_witnesses_in_the_region(points, tmp_path):
+    out = tmp_path / "w.pt"
+    result = _run("search", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.05, "--domain", 0, 1,
+                  "--restarts", 3, "--steps", 20, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "found linf" in result.output
+    saved = torch.load(out, weights_only=False)
+    x = saved["witnesses"]
+    centers = torch.load(points)
+    assert ((x - centers).abs() <= 0.05 + 1e-12).all() and (x >= 0).all() and (x <= 1).all()
+    a, b = zoo.load("digits_mlp"), zoo.load("digits_mlp_pruned")
+    assert torch.equal(evaluate(a, b, x, "linf"), saved["found"])
+
+
+def test_search_json_and_same_seed_same_result(points):
+    args = ("search", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.05, "--restarts", 2, "--steps", 10,
+            "--json", "--seed", 3)
+    first, second = _run(*args), _run(*args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["found"] == json.loads(second.output)["found"]
+
+
+def test_search_errors_are_one_line(points, tmp_path):
+    result = CliRunner().invoke(cli, ["search", str(BASE), str(PRUNED), *ARCH, "--data", str(points),
+                                      "--eps", "-1", "--out", str(tmp_path / "w.pt")])
+    assert result.exit_code != 0
+    assert "Error:" in result.output and "eps" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "w.pt").exists()
+
+
+def test_bound_shows_found_certified_and_gap(points, tmp_path):
+    wit = tmp_path / "bw.pt"
+    result = _run("bound", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.01, "--json", "--witnesses", wit)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["witnesses"] == str(wit) and wit.exists()
+    for region in payload["regions"]:
+        assert 0 <= region["found"] <= region["certified"] + 1e-12
+        assert region["gap_ratio"] == pytest.approx(region["certified"] / region["found"])
+    table = _run("bound", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.01)
+    assert "certified/found" in table.output
+    quiet = _run("bound", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.01, "--no-search", "--json")
+    assert "found" not in json.loads(quiet.output)["regions"][0]
+
+
+@pytest.mark.skipif(not (ACAS_DIR / "vnnlib" / "prop_4.vnnlib").exists(), reason="ACAS Xu files not present")
+def test_bound_bab_tightens_and_stays_above_what_is_found():
+    a = ACAS_DIR / "nets" / "ACASXU_run2a_2_8_batch_2000.nnet"
+    b = ACAS_DIR / "nets16" / "ACASXU_run2a_2_8_batch_2000_16bit.nnet"
+    args = ("bound", a, b, "--box", ACAS_DIR / "vnnlib" / "prop_4.vnnlib", "--divergence", "delta",
+            "--output-index", 0, "--json", "--restarts", 2, "--steps", 10)
+    single = json.loads(_run(*args).output)["regions"][0]
+    refined = json.loads(_run(*args, "--bab", "--bab-time", 5, "--bab-nodes", 300).output)["regions"][0]
+    assert refined["certified"] < single["certified"]
+    assert refined["found"] <= refined["certified"]
+    assert refined["bab"]["status"] in {"converged", "proven", "node-limit", "time-limit"}
+
+
+def test_search_help_documents_every_option():
+    command = cli.commands["search"]
+    text = CliRunner().invoke(cli, ["search", "--help"]).output
+    for param in command.params:
+        if param.param_type_name == "option":
+            assert param.opts[0] in text and param.help
