@@ -91,6 +91,26 @@ def make_bounder(a: nn.Module, b: nn.Module, input_shape: tuple[int, ...], metho
     return ComposedBounder(a, b, input_shape, method=method, alpha_iterations=alpha_iterations), method
 
 
+def _setup(model_a, model_b, region, divergence, method, output_index, dtype, device, alpha_iterations=20):
+    """Check the arguments shared by :func:`bound` and :func:`refine`; copy the models and region into ``dtype``
+    on ``device``; build the bounder. Returns ``(divergence, a, b, region, dtype, bounder, method_used, index)``."""
+    div = get_divergence(divergence)
+    if not isinstance(method, str) or method not in METHODS:
+        raise BoundError(f"unknown bound method {method!r}; expected one of {', '.join(METHODS)}")
+    if not isinstance(region, Region):
+        raise TypeError(f"expected a modeldiff.regions.Region, got {type(region).__name__}")
+    if output_index is not None and div.name != "delta":
+        raise BoundError(f"output_index applies to the delta divergence only, not {div.name!r}")
+    dt = resolve_dtype(dtype)
+    a = prepare_model(model_a, dt, device)
+    b = prepare_model(model_b, dt, device)
+    reg = region.to(device=device, dtype=dt)
+    bounder, used = make_bounder(a, b, tuple(reg.input_shape), method, alpha_iterations)
+    idx = resolve_output_index(output_index, len(reg), bounder.n_outputs, reg.lower.device) \
+        if div.name == "delta" else None
+    return div, a, b, reg, dt, bounder, used, idx
+
+
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
@@ -138,23 +158,12 @@ def bound(
         IncompatibleModelsError: the models' outputs differ in shape or they reject the region's input shape.
         UnsupportedModelError: auto_LiRPA cannot handle an op of a model (the op is named).
     """
-    div = get_divergence(divergence)
-    if not isinstance(method, str) or method not in METHODS:
-        raise BoundError(f"unknown bound method {method!r}; expected one of {', '.join(METHODS)}")
-    if not isinstance(region, Region):
-        raise TypeError(f"expected a modeldiff.regions.Region, got {type(region).__name__}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BoundError(f"expected batch_size to be a positive int, got {batch_size!r}")
-    dt = resolve_dtype(dtype)
     start = time.perf_counter()
-    a = prepare_model(model_a, dt, device)
-    b = prepare_model(model_b, dt, device)
-    reg = region.to(device=device, dtype=dt)
-    bounder, used = make_bounder(a, b, tuple(reg.input_shape), method, alpha_iterations)
-    k = bounder.n_outputs
-    idx = resolve_output_index(output_index, len(reg), k, reg.lower.device) if div.name == "delta" else None
-    if output_index is not None and div.name != "delta":
-        raise BoundError(f"output_index applies to the delta divergence only, not {div.name!r}")
+    div, a, b, reg, dt, bounder, used, idx = _setup(
+        model_a, model_b, region, divergence, method, output_index, dtype, device, alpha_iterations
+    )
 
     labels = None
     if div.name == "top1":
@@ -236,16 +245,8 @@ def refine(
     """
     from modeldiff.bounds.bab import branch_and_bound_box
 
-    div = get_divergence(divergence)
-    if not isinstance(method, str) or method not in METHODS:
-        raise BoundError(f"unknown bound method {method!r}; expected one of {', '.join(METHODS)}")
-    dt = resolve_dtype(dtype)
-    a = prepare_model(model_a, dt, device)
-    b = prepare_model(model_b, dt, device)
-    reg = region.to(device=device, dtype=dt)
-    bounder, _ = make_bounder(a, b, tuple(reg.input_shape), method)
-    idx = resolve_output_index(output_index, len(reg), bounder.n_outputs, reg.lower.device) \
-        if div.name == "delta" else None
+    div, a, b, reg, dt, bounder, _, idx = _setup(model_a, model_b, region, divergence, method, output_index, dtype,
+                                                 device)
     labels = None
     if div.name == "top1":
         with torch.no_grad():

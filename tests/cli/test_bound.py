@@ -361,13 +361,15 @@ def test_bound_help_mentions_arguments_and_formats():
 def test_demo_prints_table():
     out = _ok(_run("demo", "--points", 2))
     assert "2 test digits" in out
-    for column in ("pair", "method", "certified linf (median)", "label agreement proven"):
+    for column in ("pair", "method", "found linf", "certified linf", "certified/found", "label agreement proven"):
         assert column in out
     for pair in ("base vs float16", "base vs finetuned", "base vs pruned"):
-        assert sum(pair in line for line in out.splitlines()) == 2  # ibp and crown
+        assert sum(pair in line for line in out.splitlines()) == 3  # ibp, crown and diff
     rows = [line for line in out.splitlines() if line.strip().startswith("base vs")]
-    assert len(rows) == 6
+    assert len(rows) == 9
     assert all(re.search(r"\b[0-2]/2\b", row) for row in rows)
+    for row in rows:  # found <= certified: the ratio is at least 1
+        assert float(row.split()[6]) >= 1.0 - 1e-9
 
 
 # --- acceptance: ACAS Xu, float vs 16-bit network, property 1 --------------------------------------------------------
