@@ -147,3 +147,18 @@ def test_identical_models_bound_linf_by_zero_on_points():
     centers = torch.rand(4, 3, dtype=torch.float64)
     result = modeldiff.bound(a, a, ball(centers, 0.0), "linf", "crown")
     assert torch.allclose(result.upper, torch.zeros(4, dtype=torch.float64), atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_differential_forward_mode_intermediate_bounds_are_sound(seed):
+    from modeldiff.bounds.diff import DiffBounder
+
+    a, b, shape = _pair("relu", seed, nearly_same=bool(seed % 2))
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.rand((4, *shape), generator=g, dtype=torch.float64) * 2 - 1
+    hi = lo + 0.3
+    lb, ub = DiffBounder(a, b, shape, intermediate="forward").delta_bounds(lo, hi)
+    x = lo + (hi - lo) * torch.rand((500, *lo.shape), generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        d = (a(x.flatten(0, 1)) - b(x.flatten(0, 1))).view(500, 4, -1)
+    assert (d <= ub + 1e-9).all() and (d >= lb - 1e-9).all()
