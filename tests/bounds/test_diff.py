@@ -1,0 +1,85 @@
+"""The differential bound: exact zero for identical models, planted differences are certified, structure checks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import modeldiff
+from modeldiff.bounds.diff import DiffBounder, NotApplicable, diff_applicable, diff_relaxation
+from modeldiff.bounds.linearize import NotLinearizable, linearize
+from modeldiff.errors import UnsupportedModelError
+from modeldiff.regions import ball
+from tests._models import SmallCNN, mlp
+
+
+@pytest.mark.parametrize("divergence", ["delta", "linf", "l1", "l2", "kl", "tv"])
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_identical_models_certify_exactly_zero(divergence, model):
+    a = mlp([4, 7, 7, 3], 1) if model == "mlp" else SmallCNN(1, residual=False)
+    shape = (4,) if model == "mlp" else (1, 6, 6)
+    region = ball(torch.rand((3, *shape), dtype=torch.float64), 0.5)
+    result = modeldiff.bound(a, copy.deepcopy(a), region, divergence, "diff")
+    assert torch.equal(result.upper, torch.zeros(3, dtype=torch.float64))
+
+
+def test_planted_bump_is_certified():
+    a = mlp([3, 6, 6, 2], 2)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[2].bias[1] += 0.25  # a bump in one hidden neuron of B
+    region = ball(torch.zeros(1, 3, dtype=torch.float64), 1.0)
+    found = modeldiff.search(a, b, region, "linf", restarts=8, steps=50)
+    result = modeldiff.bound(a, b, region, "linf", "diff")
+    assert float(found.found[0]) > 0
+    assert float(result.upper[0]) >= float(found.found[0]) - 1e-12
+    shifted = copy.deepcopy(a)
+    with torch.no_grad():
+        shifted[-1].bias[0] -= 0.3  # A - B = +0.3 on output 0 everywhere
+    exact = modeldiff.bound(a, shifted, region, "delta", "diff")
+    assert float(exact.delta_lower[0, 0]) == pytest.approx(0.3) and float(exact.delta_upper[0, 0]) == pytest.approx(0.3)
+
+
+def test_relaxation_planes_bound_f_on_random_domains():
+    g = torch.Generator().manual_seed(0)
+    n = 2000
+    la = torch.randn(n, generator=g, dtype=torch.float64)
+    ua = la + torch.rand(n, generator=g, dtype=torch.float64) * 2
+    ld = torch.randn(n, generator=g, dtype=torch.float64) * 0.1
+    ud = ld + torch.rand(n, generator=g, dtype=torch.float64) * 0.2
+    lb, ub = la - ud, ua - ld
+    uz, udd, uc, lz, ldd, lc = diff_relaxation(la, ua, lb, ub, ld, ud)
+    t = torch.rand(200, n, generator=g, dtype=torch.float64)
+    s = torch.rand(200, n, generator=g, dtype=torch.float64)
+    z, d = la + (ua - la) * t, ld + (ud - ld) * s
+    f = torch.relu(z) - torch.relu(z - d)
+    assert (f <= uz * z + udd * d + uc + 1e-12).all()
+    assert (f >= lz * z + ldd * d + lc - 1e-12).all()
+
+
+def test_linearize_merges_affine_ops_and_refuses_other_graphs():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    layers = linearize(net, (2, 2))
+    assert [tuple(layer.weight.shape) for layer in layers] == [(3, 4), (2, 3)]
+    x = torch.rand(5, 2, 2, dtype=torch.float64)
+    y = layers[1].weight @ torch.relu(layers[0].weight @ x.flatten(1).T + layers[0].bias[:, None]) \
+        + layers[1].bias[:, None]
+    assert torch.allclose(y.T, net(x))
+    with pytest.raises(NotLinearizable, match="residual|twice|chain"):
+        linearize(SmallCNN(0, residual=True), (1, 6, 6))
+    with pytest.raises(NotLinearizable, match="Tanh"):
+        linearize(mlp([2, 3, 1], 0, act=nn.Tanh), (2,))
+
+
+def test_diff_method_needs_equal_architectures():
+    a, b = mlp([3, 5, 2], 0), mlp([3, 6, 2], 1)
+    assert "architecture" in diff_applicable(a, b, (3,))
+    with pytest.raises(NotApplicable):
+        DiffBounder(a, b, (3,))
+    region = ball(torch.zeros(1, 3, dtype=torch.float64), 0.1)
+    with pytest.raises(UnsupportedModelError, match="differential bound does not apply: the models differ"):
+        modeldiff.bound(a, b, region, "linf", "diff")
+    assert modeldiff.bound(a, b, region, "linf", "auto").method == "crown"
