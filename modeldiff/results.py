@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 __all__ = ["BoundResult", "SearchResult", "tensor_to_list"]
@@ -147,7 +146,3 @@ class SearchResult:
             "found": tensor_to_list(self.found),
             "output_index": tensor_to_list(self.output_index),
         }
-
-
-def _as_float_tensor(x: Any) -> Tensor:  # small helper shared by result builders
-    return x if isinstance(x, Tensor) else torch.as_tensor(x, dtype=torch.float64)

@@ -69,7 +69,7 @@ class SpecBounder(ABC):
             if k <= derive.MAX_ENUMERATED_OUTPUTS:
                 signs = derive.batch_spec(derive.sign_matrix(k, dtype, device), n)
                 _, us = self.spec_bounds("delta", lower, upper, signs)
-                bound = torch.minimum(bound, derive._finite_upper(us.amax(dim=1)))
+                bound = torch.minimum(bound, derive.finite_upper(us.amax(dim=1)))
             return bound, lb, ub
         if divergence in ("kl", "tv"):
             if k < 2:
@@ -90,7 +90,7 @@ class SpecBounder(ABC):
             if k <= derive.MAX_ENUMERATED_OUTPUTS:
                 subsets = derive.batch_spec(derive.subset_matrix(k, lower.dtype, lower.device), n)
                 _, us = self.spec_bounds("softmax", lower, upper, subsets)
-                return derive._finite_upper(us.amax(dim=1))
+                return derive.finite_upper(us.amax(dim=1))
             lp, up = self.spec_bounds("softmax", lower, upper)
             return 0.5 * derive.l1_upper(lp, up)
         except SpecUnavailable as exc:

@@ -38,13 +38,13 @@ from torch import Tensor
 MAX_ENUMERATED_OUTPUTS = 8
 
 
-def _finite_upper(t: Tensor) -> Tensor:
+def finite_upper(t: Tensor) -> Tensor:
     return torch.where(torch.isnan(t), torch.full_like(t, math.inf), t)
 
 
 def abs_max(lb: Tensor, ub: Tensor) -> Tensor:
     """``max(|lb|, |ub|)``: a bound of ``|d|`` for ``d`` in ``[lb, ub]`` (NaN becomes inf)."""
-    return _finite_upper(torch.maximum(lb.abs(), ub.abs()))
+    return finite_upper(torch.maximum(lb.abs(), ub.abs()))
 
 
 def linf_upper(lb: Tensor, ub: Tensor) -> Tensor:
@@ -64,12 +64,12 @@ def l2_upper(lb: Tensor, ub: Tensor) -> Tensor:
 
 def tv_upper_from_oscillation(r: Tensor) -> Tensor:
     """``tanh(R/4)``: bound of TV(softmax(a), softmax(b)) when ``max_i d_i - min_i d_i <= R``."""
-    return torch.tanh(_finite_upper(r).clamp_min(0.0) / 4)
+    return torch.tanh(finite_upper(r).clamp_min(0.0) / 4)
 
 
 def kl_upper_from_oscillation(r: Tensor) -> Tensor:
     """``R tanh(R/4)``: bound of KL(softmax(a) || softmax(b)) when ``max_i d_i - min_i d_i <= R``."""
-    r = _finite_upper(r).clamp_min(0.0)
+    r = finite_upper(r).clamp_min(0.0)
     return torch.where(torch.isinf(r), r, r * torch.tanh(r / 4))
 
 
