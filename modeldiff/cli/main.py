@@ -309,6 +309,10 @@ def bound_cmd(
 
     import modeldiff
 
+    if threshold is not None and not bab:
+        raise click.UsageError("--threshold applies to --bab")
+    if witnesses and not (run_search or bab):
+        raise click.UsageError("--witnesses needs the search (drop --no-search) or --bab")
     torch.manual_seed(seed)
     a, b, region, index, dt = _setup(model_a, model_b, arch, arch_b, trust_pickle, data, eps, box, domain, limit,
                                      divergence, output_index, labels, dtype)

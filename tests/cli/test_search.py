@@ -96,3 +96,13 @@ def test_search_help_documents_every_option():
     for param in command.params:
         if param.param_type_name == "option":
             assert param.opts[0] in text and param.help
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--threshold", "0.1"), "--threshold applies to --bab"),
+    (("--no-search", "--witnesses", "w.pt"), "--witnesses needs the search"),
+])
+def test_bound_option_combinations_refused(points, extra, message):
+    result = CliRunner().invoke(cli, ["bound", str(BASE), str(PRUNED), *ARCH, "--data", str(points),
+                                      "--eps", "0.01", *extra])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
