@@ -21,7 +21,35 @@ from torch import Tensor, nn
 from modeldiff.divergences import Divergence, get_divergence
 from modeldiff.errors import IncompatibleModelsError
 
-__all__ = ["ComparisonGraph", "DeltaNet", "PairNet", "SoftmaxDeltaNet", "infer_input_shape", "prepare_model"]
+__all__ = [
+    "ComparisonGraph",
+    "DeltaNet",
+    "PairNet",
+    "SoftmaxDeltaNet",
+    "infer_input_shape",
+    "prepare_model",
+    "resolve_device",
+]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, checked to exist on this machine.
+
+    Raises:
+        BoundError: the device is unknown or absent.
+    """
+    from modeldiff.errors import BoundError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BoundError(f"unknown device {device!r}: expected cpu, cuda, cuda:N, mps, ...") from exc
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise BoundError(f"device {device!r} is not available on this machine (torch sees "
+                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA devices)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise BoundError(f"device {device!r} is not available on this machine")
+    return dev
 
 
 def infer_input_shape(model: nn.Module) -> tuple[int, ...] | None:

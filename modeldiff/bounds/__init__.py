@@ -27,7 +27,7 @@ from modeldiff.bounds.lirpa import METHODS as COMPOSED_METHODS
 from modeldiff.bounds.lirpa import ComposedBounder
 from modeldiff.divergences import get_divergence
 from modeldiff.errors import BoundError, RegionError
-from modeldiff.graph import prepare_model
+from modeldiff.graph import prepare_model, resolve_device
 from modeldiff.regions import Region
 from modeldiff.results import BoundResult
 
@@ -102,6 +102,7 @@ def _setup(model_a, model_b, region, divergence, method, output_index, dtype, de
     if output_index is not None and div.name != "delta":
         raise BoundError(f"output_index applies to the delta divergence only, not {div.name!r}")
     dt = resolve_dtype(dtype)
+    device = resolve_device(device)
     a = prepare_model(model_a, dt, device)
     b = prepare_model(model_b, dt, device)
     reg = region.to(device=device, dtype=dt)

@@ -204,12 +204,14 @@ def _save_atomic(obj: Any, path: str) -> None:
 
 
 def _setup(model_a, model_b, arch, arch_b, trust_pickle, data, eps, box, domain, limit, divergence, output_index,
-           labels, dtype):
+           labels, dtype, device):
     """Load both models, build the region and the per-region output index: ``(a, b, region, index, dtype)``."""
     from modeldiff.bounds import resolve_dtype
+    from modeldiff.graph import resolve_device
     from modeldiff.regions import load_labels
 
     dt = resolve_dtype(dtype)
+    resolve_device(device)
     if output_index is not None and labels is not None:
         raise click.UsageError("give at most one of --output-index and --labels")
     if (output_index is not None or labels is not None) and divergence != "delta":
@@ -315,7 +317,7 @@ def bound_cmd(
         raise click.UsageError("--witnesses needs the search (drop --no-search) or --bab")
     torch.manual_seed(seed)
     a, b, region, index, dt = _setup(model_a, model_b, arch, arch_b, trust_pickle, data, eps, box, domain, limit,
-                                     divergence, output_index, labels, dtype)
+                                     divergence, output_index, labels, dtype, device)
     show_progress = progress if progress is not None else len(region) > 64
     result = modeldiff.bound(
         a, b, region, divergence=divergence, method=method, output_index=index, dtype=dt, device=device,
@@ -456,7 +458,7 @@ def search_cmd(
     import modeldiff
 
     a, b, region, index, dt = _setup(model_a, model_b, arch, arch_b, trust_pickle, data, eps, box, domain, limit,
-                                     divergence, output_index, labels, dtype)
+                                     divergence, output_index, labels, dtype, device)
     show_progress = progress if progress is not None else len(region) > 64
     result = modeldiff.search(
         a, b, region, divergence, output_index=index, restarts=restarts, steps=steps, optimizer=optimizer,

@@ -53,3 +53,8 @@ def test_result_fields_and_json():
     record = result.to_dict()["regions"][0]
     assert record["output_index"] == 1 and len(record["delta_interval"]) == 2
     assert result.method == "diff"
+
+
+def test_device_is_checked():
+    with pytest.raises(BoundError, match="unknown device 'nowhere'"):
+        modeldiff.bound(A, B, REGION, device="nowhere")

@@ -106,3 +106,16 @@ def test_bound_option_combinations_refused(points, extra, message):
     result = CliRunner().invoke(cli, ["bound", str(BASE), str(PRUNED), *ARCH, "--data", str(points),
                                       "--eps", "0.01", *extra])
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["bound", "search"])
+@pytest.mark.parametrize(("device", "message"), [
+    ("bogus", "unknown device 'bogus'"),
+    ("cuda:7", "device 'cuda:7' is not available on this machine"),
+])
+def test_unknown_or_absent_device_is_one_line(points, command, device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that device")
+    result = CliRunner().invoke(cli, [command, str(BASE), str(PRUNED), *ARCH, "--data", str(points), "--eps", "0.01",
+                                      "--device", device])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
