@@ -3,9 +3,9 @@ the lower bound found by search (or proves/disproves ``divergence < threshold``)
 
 The box is split into sub-boxes kept in a priority queue ordered by their certified upper bound. Each round pops
 the worst sub-boxes (a batch), splits each in two along one input dimension and bounds the children together.
-The split dimension is chosen by its effect on the bound: for inputs of at most :data:`LOOKAHEAD_DIMS` varying
-dimensions every dimension's two children are bounded and the dimension whose worse child is best is kept; for
-more dimensions the dimension with the largest ``|coefficient| x width`` in the box's own linear bound is split.
+The split dimension is chosen by its effect on the bound: both children of every varying dimension are bounded
+and the dimension whose two children's bounds sum lowest is kept (so each split costs 2 x dimensions bounds; this
+is meant for low-dimensional inputs).
 The lower bound is the divergence at the sub-box centres seen so far, improved by the disagreement search
 (:mod:`modeldiff.search`) on the current worst sub-box every few rounds.
 
@@ -18,26 +18,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from modeldiff.bounds.base import SpecBounder
 from modeldiff.bounds.derive import abs_max
+from modeldiff.bounds.diff import DiffBounder, split_bounds, stack_bounds
 from modeldiff.errors import BoundError
 from modeldiff.results import tensor_to_list
 
-__all__ = ["BaBResult", "LOOKAHEAD_DIMS", "branch_and_bound_box"]
-
-logger = logging.getLogger(__name__)
-
-#: Inputs with at most this many varying dimensions choose the split by bounding every candidate split.
-LOOKAHEAD_DIMS = 8
+__all__ = ["BaBResult", "branch_and_bound_box"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,14 +91,10 @@ class _Objective:
     it, as it lies in the parent)."""
 
     def __init__(self, bounder: SpecBounder, divergence: str, output_index: int | None, label: int | None):
-        from modeldiff.bounds.diff import DiffBounder
-
         self.bounder, self.divergence, self.output_index, self.label = bounder, divergence, output_index, label
         self.stateful = isinstance(bounder, DiffBounder)
 
     def __call__(self, lo: Tensor, hi: Tensor, parents: list | None = None) -> tuple[Tensor, list | None]:
-        from modeldiff.bounds.diff import split_bounds, stack_bounds
-
         states = None
         if self.stateful:
             flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
@@ -135,7 +126,7 @@ def _split(lo: Tensor, hi: Tensor, dims: Tensor) -> tuple[Tensor, Tensor, Tensor
 
 def _choose_dims(objective: _Objective, lo: Tensor, hi: Tensor, states: list | None, parent_up: Tensor):
     """Split dimension per box by lookahead: bound both children for every varying dimension, keep the dimension
-    whose worse child is best. Returns ``(dims, up_child1, up_child2, states_child1, states_child2)``."""
+    whose children's bounds sum lowest. Returns ``(dims, up_child1, up_child2, states_child1, states_child2)``."""
     n = lo.shape[0]
     width = (hi - lo).flatten(1)
     varying = torch.nonzero((width > 0).any(dim=0)).flatten()
@@ -206,11 +197,10 @@ def branch_and_bound_box(
 
     start = time.perf_counter()
     objective = _Objective(bounder, divergence, output_index, label)
-    value_div = divergence
 
     def value(x: Tensor) -> Tensor:
         with torch.no_grad():
-            return evaluate(model_a, model_b, x, value_div, output_index)
+            return evaluate(model_a, model_b, x, divergence, output_index)
 
     counter = itertools.count()
     ups, states0 = objective(lower, upper)
@@ -280,7 +270,7 @@ def branch_and_bound_box(
             rounds += 1
             if search_every and rounds % search_every == 0 and heap:
                 wl, wh = heap[0][2], heap[0][3]
-                found = search(model_a, model_b, Region(wl.unsqueeze(0), wh.unsqueeze(0)), value_div,
+                found = search(model_a, model_b, Region(wl.unsqueeze(0), wh.unsqueeze(0)), divergence,
                                output_index=output_index, restarts=4, steps=20, seed=seed + rounds,
                                dtype=wl.dtype, device=wl.device)
                 if float(found.found[0]) > best_val:

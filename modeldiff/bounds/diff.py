@@ -230,15 +230,6 @@ def _concretize(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Te
     return _bdot(coef, center) + _bdot(coef.abs(), radius) + const
 
 
-#: Inputs with at most this many features get forward-mode intermediate bounds by default.
-FORWARD_MAX_INPUTS = 32
-
-
-def _lin_max(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """``max`` over the box of ``coef @ x + const``: ``coef`` ``[N, n, d]``, box ``[N, d]`` -> ``[N, n]``."""
-    return _concretize(coef, const, lower, upper)
-
-
 def _pos_neg(w: Tensor) -> tuple[Tensor, Tensor]:
     return w.clamp_min(0), w.clamp_max(0)
 
@@ -248,7 +239,7 @@ class _Forward:
 
     def __init__(self, lower: Tensor, upper: Tensor):
         self.lower, self.upper = lower, upper
-        self.state: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self.prev: tuple[Tensor, ...] = ()  # the previous layer's linear bounds of z_A, z_B and delta
 
     @staticmethod
     def _affine(w: Tensor, b: Tensor | None, up: tuple[Tensor, Tensor], lo: tuple[Tensor, Tensor]):
@@ -291,7 +282,7 @@ class _Forward:
     def layer(self, bounder: "DiffBounder", k: int, bounds: list) -> tuple[Tensor, ...]:
         """Concrete ``(ua, la, ub, lb, ud, ld)`` of layer ``k`` (after updating the linear functions)."""
         la_, lb_ = bounder.layers_a[k], bounder.layers_b[k]
-        n_batch, d = self.lower.shape
+        n_batch = self.lower.shape[0]
         if k == 0:
             def exact(w, b):
                 coef = w.unsqueeze(0).expand(n_batch, *w.shape)
@@ -301,7 +292,7 @@ class _Forward:
             za, zb, dd = exact(la_.weight, la_.bias), exact(lb_.weight, lb_.bias), exact(bounder.dw[0], bounder.db[0])
         else:
             prev = bounds[k - 1]
-            za_u, za_l, zb_u, zb_l, dd_u, dd_l = self.state["prev"]
+            za_u, za_l, zb_u, zb_l, dd_u, dd_l = self.prev
             ha = self._relu(prev.relax_a, za_u, za_l)
             hb = self._relu(prev.relax_b, zb_u, zb_l)
             uz, ud_, uc, lz, ld_, lc = prev.relax_d
@@ -312,11 +303,11 @@ class _Forward:
             t1 = self._affine(lb_.weight, None, d_up, d_lo)
             t2 = self._affine(bounder.dw[k], bounder.db[k], *ha)
             dd = (self._add(t1[0], t2[0]), self._add(t1[1], t2[1]))
-        self.state["prev"] = (za[0], za[1], zb[0], zb[1], dd[0], dd[1])
+        self.prev = (za[0], za[1], zb[0], zb[1], dd[0], dd[1])
         lo, hi = self.lower, self.upper
 
         def conc(up, low):
-            return _lin_max(up[0], up[1], lo, hi), -_lin_max(-low[0], -low[1], lo, hi)
+            return _concretize(up[0], up[1], lo, hi), -_concretize(-low[0], -low[1], lo, hi)
 
         ua, la = conc(*za)
         ub, lb = conc(*zb)
@@ -345,7 +336,6 @@ class DiffBounder(SpecBounder):
 
     def __init__(self, model_a: nn.Module, model_b: nn.Module, input_shape, intermediate: str | None = None):
         self.layers_a, self.layers_b = _pair_layers(model_a, model_b, tuple(input_shape))
-        n_in = int(self.layers_a[0].weight.shape[1])
         self.intermediate = intermediate or "backward"
         self.n_outputs = int(self.layers_a[-1].weight.shape[0])
         self.dw = [a.weight - b.weight for a, b in zip(self.layers_a, self.layers_b)]
@@ -437,8 +427,8 @@ class DiffBounder(SpecBounder):
 
         ``mode``: ``backward`` (CROWN back-substitution for every neuron: tightest, cost grows with depth squared
         times width), ``forward`` (linear bounds in the input carried forward: cost grows with the input
-        dimension, so cheap for low-dimensional inputs), or None for :attr:`intermediate` (set at construction:
-        ``forward`` for at most :data:`FORWARD_MAX_INPUTS` inputs). ``parent``: bounds valid on boxes containing
+        dimension, so cheap for low-dimensional inputs, but looser), or None for :attr:`intermediate` (set at
+        construction, ``backward`` by default). ``parent``: bounds valid on boxes containing
         these (branch and bound's parent boxes, one per box); each layer's bounds are intersected with them.
         """
         mode = mode or self.intermediate
