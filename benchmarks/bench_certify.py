@@ -9,6 +9,7 @@ Usage::
 
     python benchmarks/bench_certify.py                                  # all benchmarks, all methods
     python benchmarks/bench_certify.py --bench mnist-p3 --method diff   # one cell
+    python benchmarks/bench_certify.py --bench mnist-3px --method diff --method diff+bab --gap --section bench_bab
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import modeldiff  # noqa: E402
 from modeldiff.bounds.derive import abs_max  # noqa: E402
 
 BENCHES = ("mnist-p3", "mnist-3px", "har")
-METHODS = ("ibp", "crown", "alpha-crown", "diff")
+METHODS = ("ibp", "crown", "alpha-crown", "diff", "diff+bab")
+#: input-split branch and bound per region (diff+bab): relative tolerance and seconds per region
+BAB_TOLERANCE = 0.05
 
 
 def job(name: str, limit: int | None) -> suites.Job:
@@ -43,13 +46,20 @@ def found(name: str, limit: int | None) -> torch.Tensor:
     return _FOUND[(name, limit)]
 
 
-def run(name: str, method: str, limit: int | None, batch_size: int, gap: bool = False) -> dict:
+def run(name: str, method: str, limit: int | None, batch_size: int, gap: bool = False,
+        bab_time: float = 2.0) -> dict:
     j = job(name, limit)
     start = time.perf_counter()
-    result = modeldiff.bound(j.a, j.b, j.region, "delta", method, output_index=j.target, batch_size=batch_size)
+    if method == "diff+bab":  # seeded by a 5 x 50 search inside refine (its time included)
+        res = modeldiff.bounds.refine(j.a, j.b, j.region, "delta", "diff", output_index=j.target,
+                                      tolerance=BAB_TOLERANCE, time_budget_s=bab_time)
+        per_region = torch.tensor([r.upper for r in res], dtype=torch.float64)
+    else:
+        result = modeldiff.bound(j.a, j.b, j.region, "delta", method, output_index=j.target,
+                                 batch_size=batch_size)
+        lo, hi = result.delta_lower.gather(1, j.target[:, None]), result.delta_upper.gather(1, j.target[:, None])
+        per_region = abs_max(lo, hi).squeeze(1)
     elapsed = time.perf_counter() - start
-    lo, hi = result.delta_lower.gather(1, j.target[:, None]), result.delta_upper.gather(1, j.target[:, None])
-    per_region = abs_max(lo, hi).squeeze(1)
     row = {"bench": name, "method": method, "median": float(per_region.median()), "time_s": elapsed,
            "regions": len(j.region)}
     if gap:
@@ -80,7 +90,10 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", choices=BENCHES, action="append", help="benchmark(s) (default: all)")
-    p.add_argument("--method", choices=METHODS, action="append", help="method(s) (default: all)")
+    p.add_argument("--method", choices=METHODS, action="append",
+                   help="method(s) (default: all but diff+bab, input-split branch and bound, meant for few free "
+                        "inputs: mnist-3px)")
+    p.add_argument("--bab-time", type=float, default=2.0, help="diff+bab: seconds per region (default 2)")
     p.add_argument("--limit", type=int, help="first N regions only")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--gap", action="store_true",
@@ -91,8 +104,8 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     for bench in args.bench or BENCHES:
-        for method in args.method or METHODS:
-            rows.append(run(bench, method, args.limit, args.batch_size, args.gap))
+        for method in args.method or METHODS[:-1]:
+            rows.append(run(bench, method, args.limit, args.batch_size, args.gap, args.bab_time))
             print(rows[-1], flush=True)
     title = "Certified bounds and their gap to the search" if args.gap else "Certified bounds"
     text = f"## {title} ({args.section})\n\n" + table(rows) + (

@@ -228,6 +228,8 @@ def refine(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = False,
+    search_restarts: int = 5,
+    search_steps: int = 50,
 ):
     """Input-split branch and bound on every box of ``region``: a list of
     :class:`~modeldiff.bounds.bab.BaBResult`, one per box, each an anytime-valid ``[lower, upper]``.
@@ -236,6 +238,8 @@ def refine(
         threshold: per box, stop once ``upper < threshold`` (proven) or a witness reaches it (disproven).
         tolerance: stop once ``upper - lower <= tolerance * |upper|``.
         time_budget_s, max_nodes: budgets per box.
+        search_restarts, search_steps: a disagreement search over all boxes first (0 restarts: none); its
+            witnesses seed each box's lower bound, so that sub-boxes bounded below it are dropped early.
         Other arguments as for :func:`bound`.
 
     Example:
@@ -252,6 +256,16 @@ def refine(
     if div.name == "top1":
         with torch.no_grad():
             labels = a(reg.midpoints).argmax(dim=1)
+    if not isinstance(search_restarts, int) or search_restarts < 0:
+        raise BoundError(f"expected search_restarts to be an int >= 0, got {search_restarts!r}")
+    if not isinstance(search_steps, int) or search_steps < 1:
+        raise BoundError(f"expected search_steps to be an int >= 1, got {search_steps!r}")
+    witnesses = None
+    if search_restarts > 0:
+        from modeldiff.search import search
+
+        witnesses = search(a, b, reg, div.name, output_index=idx, restarts=search_restarts, steps=search_steps,
+                           seed=seed, dtype=dt, device=device).witnesses
     results = []
     bar = _progress(len(reg), progress)
     try:
@@ -261,7 +275,7 @@ def refine(
                 output_index=None if idx is None else int(idx[i]),
                 label=None if labels is None else int(labels[i]),
                 threshold=threshold, tolerance=tolerance, time_budget_s=time_budget_s, max_nodes=max_nodes,
-                seed=seed,
+                seed=seed, witness=None if witnesses is None else witnesses[i],
             ))
             if bar is not None:
                 bar.update(1)

@@ -174,6 +174,7 @@ def branch_and_bound_box(
     batch_boxes: int = 64,
     search_every: int = 10,
     seed: int = 0,
+    witness: Tensor | None = None,
 ) -> BaBResult:
     """Branch and bound on one box ``[lower, upper]`` (``[1, *input_shape]``).
 
@@ -188,6 +189,8 @@ def branch_and_bound_box(
         max_nodes, time_budget_s: budgets; the result stays valid when they stop the run.
         batch_boxes: sub-boxes split per round.
         search_every: run the disagreement search on the worst sub-box every this many rounds (0: never).
+        witness: a point of the box (``[*input_shape]``, e.g. from an earlier search) whose divergence seeds the
+            lower bound; sub-boxes whose bound is below it are dropped at once.
 
     Returns:
         A :class:`BaBResult`.
@@ -209,6 +212,13 @@ def branch_and_bound_box(
     centre = (lower + upper) / 2
     best_val = float(value(centre)[0])
     best_x = centre[0].clone()
+    if witness is not None:
+        w = witness.to(dtype=lower.dtype, device=lower.device).reshape(lower.shape)
+        if not bool(((w >= lower) & (w <= upper)).all()):
+            raise BoundError("the seed witness lies outside the box")
+        w_val = float(value(w)[0])
+        if w_val > best_val:
+            best_val, best_x = w_val, w[0].clone()
     heap: list[tuple[float, int, Tensor, Tensor, Any]] = [
         (-up0, next(counter), lower[0], upper[0], None if states0 is None else states0[0])
     ]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Chunk", "apgd_checkpoints", "run_apgd"]
+__all__ = ["Chunk", "apgd_checkpoints", "run_apgd", "run_pgd"]
 
 #: what a chunk's evaluation function returns: loss, value, score (each ``[m]``) and the gradient of the loss
 #: (``[m, *shape]``, or None when not asked for)
@@ -146,5 +146,34 @@ def run_apgd(chunk: Chunk, steps: int, *, alpha: float = 0.75, rho: float = 0.75
                 loss_prev = torch.where(halve, best_loss, loss_prev)
             n_up.zero_()
             last_ck = k + 1
+        chunk.tick()
+    return "done"
+
+
+def run_pgd(chunk: Chunk, steps: int, *, eta: float = 1.0, check_gradient: bool = False) -> str:
+    """Plain projected sign-gradient ascent with a fixed step of ``eta`` half-widths of the box per entry.
+
+    Used for short exploratory runs from many starting points (few steps, large step: each run lands near a
+    local maximum of a piecewise-linear objective cheaply); the best of them are then refined by
+    :func:`run_apgd`.
+
+    Returns:
+        ``"done"``, ``"stopped"`` or ``"no-gradient"`` (as :func:`run_apgd`).
+    """
+    lo, hi = chunk.lo, chunk.hi
+    step = (hi - lo) / 2 * eta
+    x = chunk.x0.clone()
+    _, value, score, grad = chunk.fn(x, True)
+    if check_gradient:
+        usable = torch.isfinite(grad) & (grad != 0) & (step > 0)
+        if not bool(usable.any()):
+            return "no-gradient"
+    chunk.report(0, x, value, score)
+    for k in range(steps):
+        if chunk.stop():
+            return "stopped"
+        x = torch.clamp(x + step * _clean(grad).sign(), lo, hi)
+        _, value, score, grad = chunk.fn(x, k + 1 < steps)
+        chunk.report(k + 1, x, value, score)
         chunk.tick()
     return "done"

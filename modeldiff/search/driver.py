@@ -16,7 +16,7 @@ from modeldiff.errors import SearchError
 from modeldiff.graph import ComparisonGraph, infer_input_shape, prepare_model
 from modeldiff.regions import Region
 from modeldiff.results import SearchResult
-from modeldiff.search.apgd import Chunk, run_apgd
+from modeldiff.search.apgd import Chunk, run_apgd, run_pgd
 from modeldiff.search.gradient_free import run_random, run_square
 from modeldiff.search.objectives import RestartPlan, _check_index, objective, plan_restarts, value_of
 from modeldiff.search.starts import uniform_points, unit_design, unit_to_box
@@ -31,6 +31,11 @@ OPTIMIZERS: tuple[str, ...] = ("auto", "apgd", "random", "square")
 GLOBAL_MAX_DIMS = 16
 #: default number of space-filling starting points in global mode
 DEFAULT_GLOBAL_STARTS = 4096
+#: exploratory runs: this many fixed sign-gradient steps of EXPLORE_STEP half-widths of the box
+EXPLORE_STEPS = 5
+EXPLORE_STEP = 0.5
+#: APGD's first step (in half-widths of the box) when refining the best point of the exploratory runs
+EXPLORE_REFINE_STEP = 0.5
 #: default cap on the number of input entries in one batch (rows x input size)
 _BATCH_ELEMENTS = 1 << 22
 #: how many rows of history to keep at most (the logging interval grows with ``steps``)
@@ -211,6 +216,7 @@ def search(
     progress: bool = False,
     global_mode: str | bool = "auto",
     n_starts: int | None = None,
+    explore: int = 15,
 ) -> SearchResult:
     """Search each region for inputs where models A and B disagree most ("contrastive dreaming").
 
@@ -245,6 +251,14 @@ def search(
     ``n_starts`` uniform random candidates are screened the same way when given; otherwise restart 0 starts
     at the region's midpoint (its seed point projected into the box) and the others uniformly at random.
 
+    Exploration (outside global mode, APGD, ``explore > 0`` and ``steps >= 20``): before the restarts, each
+    restart's start and ``explore - 1`` uniform random points per restart run 5 plain sign-gradient steps of half
+    the box's half-width; restart ``r`` then refines the best of these short runs not taken by an earlier restart
+    with the same objective (APGD from a first step of 0.5 half-widths). This costs ``explore * restarts * 5``
+    gradient steps per region on top of ``restarts * steps``; on objectives with rare high basins (the
+    difference of a ReLU network and its float16 copy) it finds markedly higher maxima than the same restarts
+    alone (``benchmarks/bench_search.py``).
+
     Args:
         model_a: model A (e.g. the reference network).
         model_b: model B (e.g. its quantised copy). Both are copied, put in eval mode and converted to ``dtype``
@@ -266,6 +280,8 @@ def search(
         progress: show a tqdm progress bar over the steps.
         global_mode: ``"auto"``, ``"on"``/True or ``"off"``/False.
         n_starts: number of space-filling (global mode) or random candidate starts screened per region.
+        explore: outside global mode, with APGD and no ``n_starts``: short exploratory runs per restart, of which
+            each restart refines the best (0: none; see above).
 
     Returns:
         A :class:`~modeldiff.results.SearchResult` with ``found`` ``[N]``, ``witnesses`` ``[N, *input_shape]``
@@ -301,6 +317,7 @@ def search(
     restarts = _check_count("restarts", restarts)
     steps = _check_count("steps", steps)
     _check_args(region, optimizer, time_budget_s, seed, dtype, batch_size, progress, global_mode, n_starts)
+    explore = _check_count("explore", explore, minimum=0)
     div = get_divergence(divergence)
     device = torch.device(device)
 
@@ -351,6 +368,8 @@ def search(
     eta_base = torch.full((n,), 2.0, dtype=dtype, device=device)
     interrupted = False
     fallback = False
+    explored = False
+    ran: list[str] = []
     bar = None
     try:
         # ---- starting points
@@ -367,6 +386,20 @@ def search(
             x0[0] = mid
             if restarts > 1:
                 x0[1:] = uniform_points(lower, upper, restarts - 1, generator)
+            if explore > 0 and optimizer in ("auto", "apgd"):
+                x0, best, done = _explore(fwd, rows_plan, x0, lower, upper, explore, steps, rows_per_batch,
+                                          generator, out_of_time, optimizer == "auto")
+                explored = bool(done) and done != "no-gradient"
+                if done:
+                    eta_base = torch.full((n,), EXPLORE_REFINE_STEP, dtype=dtype, device=device)
+                better = best[2] > init_score
+                if bool(better.any()):
+                    bx = better.view(n, *([1] * len(shape)))
+                    init_x = torch.where(bx, best[0], init_x)
+                    init_value = torch.where(better, best[1], init_value)
+                    init_score = torch.where(better, best[2], init_score)
+                fallback = done == "no-gradient"
+                interrupted = interrupted or done == "stopped"
         x0 = x0.reshape(rows_total, *shape)
 
         # ---- optimisation, chunk by chunk (a chunk never mixes optimisers)
@@ -386,7 +419,6 @@ def search(
             bar = tqdm(total=len(chunks) * steps, desc="search", unit="step")
         tick = bar.update if bar is not None else (lambda: None)
         check = optimizer == "auto"
-        ran = []
         for s0, s1, method in chunks:
             if interrupted or out_of_time():
                 interrupted = True
@@ -466,6 +498,7 @@ def search(
         "fallback": fallback,
         "global_mode": bool(use_global),
         "n_starts": int(n_cand),
+        "explore": int(explore) if explored else 0,
         "batch_size": int(rows_per_batch),
         "time_budget_s": time_budget_s,
         "dtype": str(dtype).replace("torch.", ""),
@@ -487,6 +520,73 @@ def search(
         settings=settings,
         restart_history=restart_history,
     )
+
+
+def _explore(fwd: _Forward, rows_plan: RestartPlan, x0: Tensor, lower: Tensor, upper: Tensor, explore: int,
+             steps: int, rows_per_batch: int, generator: torch.Generator, out_of_time: Callable[[], bool],
+             check_gradient: bool):
+    """Short plain sign-gradient runs (:func:`run_pgd`) from ``explore`` starts per restart (the restart's own start and uniform random points);
+    restart ``r`` of region ``i`` then starts from the best point not taken by an earlier restart among the runs
+    of all restarts with the same objective in that region (points tied in value count as taken).
+
+    On rugged objectives (the difference of a ReLU network and its float16 copy) a few percent of random starts
+    lead to a markedly higher local maximum; a handful of full-length runs misses it often, while many short runs
+    followed by a refinement of the best find it (measured on MNIST 3x100, ``benchmarks/bench_search.py``).
+
+    Returns ``(x0 [R, N, ...], (best_x, best_value, best_score) per region, status)``, ``status`` being ``""``
+    (not run: too few steps), ``"done"``, ``"stopped"`` or ``"no-gradient"``.
+    """
+    R, n = x0.shape[0], x0.shape[1]
+    shape = x0.shape[2:]
+    short = EXPLORE_STEPS
+    none = (x0.new_zeros((n, *shape)), x0.new_full((n,), -math.inf), x0.new_full((n,), -math.inf))
+    if steps < 4 * short:
+        return x0, none, ""
+    starts = torch.cat([x0, uniform_points(lower, upper, (explore - 1) * R, generator)]) if explore > 1 else x0
+    rows = starts.shape[0] * n  # row (k * R + r) * n + i: run k of restart r in region i
+    tracker = _Tracker(rows, tuple(shape), short, x0.dtype, x0.device)
+    flat = starts.reshape(rows, *shape)
+    status = "done"
+    for s0 in range(0, rows, rows_per_batch):
+        s1 = min(s0 + rows_per_batch, rows)
+        idx = torch.arange(s0, s1, device=x0.device)
+        chunk = Chunk(
+            fn=fwd.bind(rows_plan.select(idx % (R * n))),
+            lo=lower.index_select(0, idx % n),
+            hi=upper.index_select(0, idx % n),
+            x0=flat[s0:s1],
+            report=tracker.reporter(s0, s1),
+            stop=out_of_time,
+            tick=lambda: None,
+        )
+        status = run_pgd(chunk, short, eta=EXPLORE_STEP, check_gradient=check_gradient and s0 == 0)
+        if status != "done":
+            break
+    if status == "no-gradient":
+        return x0, none, status
+    score = torch.nan_to_num(tracker.best_score.view(explore, R, n), nan=-math.inf)
+    bx = tracker.best_x.view(explore * R, n, *shape)
+    arange = torch.arange(n, device=x0.device)
+    # restart r takes the best run not taken yet among the runs of every restart with the same objective in its
+    # region (and not tied in value with one taken: same local maximum)
+    fields = [f.view(R, n) for f in (rows_plan.mode, rows_plan.out, rows_plan.sign, rows_plan.class_a,
+                                      rows_plan.class_b)]
+    open_ = torch.ones((explore, R, n), dtype=torch.bool, device=x0.device)
+    new_x0 = x0.clone()
+    for r in range(R):
+        same = torch.ones((R, n), dtype=torch.bool, device=x0.device)
+        for f in fields:
+            same &= f == f[r : r + 1]
+        cand = torch.where(open_ & same.unsqueeze(0), score, torch.full_like(score, -math.inf)).view(-1, n)
+        j = cand.argmax(dim=0)
+        s_j = cand[j, arange]
+        ok = torch.isfinite(s_j)
+        new_x0[r] = torch.where(ok.view(n, *([1] * len(shape))), bx[j, arange], x0[r])
+        open_ &= ~((score == s_j.view(1, 1, n)) & ok.view(1, 1, n))
+    flat_score = score.view(explore * R, n)
+    j = flat_score.argmax(dim=0)
+    best = (bx[j, arange], tracker.best_value.view(explore * R, n)[j, arange], flat_score[j, arange])
+    return new_x0, best, status
 
 
 def _screen(fwd: _Forward, div: Divergence, plan: RestartPlan, lower: Tensor, upper: Tensor, n_cand: int,

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from modeldiff.bounds import make_bounder
 from modeldiff.bounds.bab import branch_and_bound_box
+from modeldiff.errors import BoundError
 from modeldiff.search import evaluate
 from tests._models import mlp, perturbed
 
@@ -75,3 +76,15 @@ def test_identical_models_certify_zero():
     lo, hi = torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
     result = branch_and_bound_box(a, a, bounder, lo, hi, "linf")
     assert result.initial_upper == 0.0 and result.upper == 0.0 and result.status == "converged"
+
+
+def test_seed_witness_sets_the_lower_bound_and_must_lie_in_the_box():
+    a = mlp([2, 6, 2], 3, scale=2.0)
+    b = perturbed(a, 0.05, 4)
+    lo, hi = torch.full((1, 2), -1.0, dtype=torch.float64), torch.full((1, 2), 1.0, dtype=torch.float64)
+    bounder, _ = make_bounder(a, b, (2,), "diff")
+    corner = hi[0].clone()
+    seeded = branch_and_bound_box(a, b, bounder, lo, hi, "linf", max_nodes=1, witness=corner)
+    assert seeded.lower >= float(evaluate(a, b, corner.unsqueeze(0), "linf")[0])
+    with pytest.raises(BoundError, match="the seed witness lies outside the box"):
+        branch_and_bound_box(a, b, bounder, lo, hi, "linf", witness=hi[0] + 1)

@@ -58,3 +58,19 @@ def test_result_fields_and_json():
 def test_device_is_checked():
     with pytest.raises(BoundError, match="unknown device 'nowhere'"):
         modeldiff.bound(A, B, REGION, device="nowhere")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"search_restarts": -1}, r"expected search_restarts to be an int >= 0, got -1"),
+    ({"search_steps": 0}, r"expected search_steps to be an int >= 1, got 0"),
+])
+def test_refine_search_arguments_are_checked(kwargs, message):
+    with pytest.raises(BoundError, match=message):
+        refine(A, B, REGION, **kwargs)
+
+
+def test_refine_is_seeded_by_the_search():
+    seeded = refine(A, B, REGION, "linf", max_nodes=1)
+    found = modeldiff.search(A, B, REGION, "linf", restarts=5, steps=50).found
+    for r, f in zip(seeded, found):
+        assert r.lower >= float(f) - 1e-12

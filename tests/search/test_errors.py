@@ -38,6 +38,8 @@ def region():
         (dict(batch_size=0), SearchError, r"expected batch_size >= 1, got 0"),
         (dict(global_mode="maybe"), SearchError, r"unknown global_mode 'maybe'"),
         (dict(n_starts=0), SearchError, r"expected n_starts >= 1, got 0"),
+        (dict(explore=-1), SearchError, r"expected explore >= 0, got -1"),
+        (dict(explore=2.0), TypeError, r"expected explore to be an int, got float"),
         (dict(progress="yes"), TypeError, r"expected progress to be a bool, got str"),
     ],
 )

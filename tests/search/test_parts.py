@@ -74,3 +74,37 @@ def test_global_mode_threshold():
     res = search(a, b, box(lower, upper), "linf", restarts=3, steps=2, n_starts=32)
     assert res.settings["global_mode"] and res.settings["n_starts"] == 32
     assert float(res.found[0]) == 16.0  # the best Sobol points and the ascent reach the corner
+
+
+def _rare_basin_pair():
+    """A - B over [0, 1]^20 is 20 relu(x_0 - 0.9) + relu(1 - x_0): the gradient leads most starts to x_0 = 0
+    (value 1); only starts with x_0 near 1 reach the maximum 2 at x_0 = 1."""
+    from torch import nn
+
+    a = nn.Sequential(nn.Linear(20, 2), nn.ReLU(), nn.Linear(2, 1)).double()
+    with torch.no_grad():
+        a[0].weight.zero_()
+        a[0].weight[0, 0], a[0].weight[1, 0] = 1.0, -1.0
+        a[0].bias.copy_(torch.tensor([-0.9, 1.0]))
+        a[2].weight.copy_(torch.tensor([[20.0, 1.0]]))
+        a[2].bias.zero_()
+    b = linear(torch.zeros(1, 20))
+    return a, b
+
+
+def test_exploration_finds_a_rare_basin():
+    a, b = _rare_basin_pair()
+    region = box(torch.zeros(3, 20, dtype=F64), torch.ones(3, 20, dtype=F64))
+    res = search(a, b, region, "linf", restarts=2, steps=40, seed=0, explore=15)
+    assert res.settings["explore"] == 15 and not res.settings["global_mode"]
+    assert torch.allclose(res.found, torch.full((3,), 2.0, dtype=F64))
+    assert bool(region.contains(res.witnesses).all())
+    again = search(a, b, region, "linf", restarts=2, steps=40, seed=0, explore=15)
+    assert torch.equal(res.found, again.found) and torch.equal(res.witnesses, again.witnesses)
+
+
+def test_exploration_is_skipped_for_short_runs_and_when_off():
+    a, b = _rare_basin_pair()
+    region = box(torch.zeros(1, 20, dtype=F64), torch.ones(1, 20, dtype=F64))
+    assert search(a, b, region, "linf", restarts=2, steps=10, explore=15).settings["explore"] == 0
+    assert search(a, b, region, "linf", restarts=2, steps=40, explore=0).settings["explore"] == 0
