@@ -34,6 +34,10 @@ from modeldiff.results import tensor_to_list
 
 __all__ = ["BaBResult", "branch_and_bound_box"]
 
+#: with the differential bound, lookahead bounds the children of only this many candidate split dimensions per
+#: box (those with the largest share of the bound's linear spread); None: every varying dimension
+LOOKAHEAD_DIMS: int | None = 2
+
 
 @dataclass(frozen=True, eq=False)
 class BaBResult:
@@ -124,37 +128,65 @@ def _split(lo: Tensor, hi: Tensor, dims: Tensor) -> tuple[Tensor, Tensor, Tensor
     return lo, hi1.view_as(hi), lo2.view_as(lo), hi
 
 
+def _smear(objective: _Objective, lo: Tensor, hi: Tensor, states: list) -> Tensor:
+    """``[n, D]`` per box and input dimension: ``|coef_d| * width_d`` of the differential bound's linear upper bound
+    of the worst ``+-delta_i`` (the output bounded, or the worst output), i.e. how much of the bound's spread over
+    the box comes from dimension ``d``."""
+    bounder = objective.bounder
+    n, k = lo.shape[0], bounder.n_outputs
+    outs = [objective.output_index] if objective.output_index is not None else list(range(k))
+    eye = torch.eye(k, dtype=lo.dtype, device=lo.device)[outs]
+    spec = torch.cat([eye, -eye]).unsqueeze(0).expand(n, -1, -1)
+    coef, const = bounder.linear_bound(lo, hi, spec, stack_bounds(states, relax=True))
+    flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
+    mid, rad = (flat_lo + flat_hi) / 2, (flat_hi - flat_lo) / 2
+    upper = (coef @ mid.unsqueeze(-1)).squeeze(-1) + (coef.abs() @ rad.unsqueeze(-1)).squeeze(-1) + const
+    worst = upper.argmax(dim=1)
+    c = coef[torch.arange(n, device=lo.device), worst]  # [n, D]
+    return c.abs() * (flat_hi - flat_lo)
+
+
 def _choose_dims(objective: _Objective, lo: Tensor, hi: Tensor, states: list | None, parent_up: Tensor):
-    """Split dimension per box by lookahead: bound both children for every varying dimension, keep the dimension
-    whose children's bounds sum lowest. Returns ``(dims, up_child1, up_child2, states_child1, states_child2)``."""
+    """Split dimension per box by lookahead: bound both children for each candidate dimension, keep the
+    dimension whose children's bounds sum lowest. The candidates are every varying dimension, or (differential
+    bound, :data:`LOOKAHEAD_DIMS` set) the ``LOOKAHEAD_DIMS`` dimensions with the largest :func:`_smear`.
+    Returns ``(dims, up_child1, up_child2, states_child1, states_child2)``."""
     n = lo.shape[0]
     width = (hi - lo).flatten(1)
     varying = torch.nonzero((width > 0).any(dim=0)).flatten()
     if len(varying) == 0:
         raise BoundError("cannot split a box of zero width")
+    lookahead = LOOKAHEAD_DIMS
+    if lookahead is not None and states is not None and len(varying) > lookahead:
+        smear = _smear(objective, lo, hi, states)[:, varying]  # [n, D]
+        w = width[:, varying]
+        smear = smear.masked_fill(w <= 1e-9 * w.amax(dim=1, keepdim=True), -1.0)
+        cand = varying[smear.topk(lookahead, dim=1).indices]  # [n, L]: per box
+    else:
+        cand = varying.view(1, -1).expand(n, -1)
+    n_cand = cand.shape[1]
     los, his = [], []
-    for d in varying:
-        dims = torch.full((n,), int(d), dtype=torch.long, device=lo.device)
-        l1, h1, l2, h2 = _split(lo, hi, dims)
+    for c in range(n_cand):
+        l1, h1, l2, h2 = _split(lo, hi, cand[:, c])
         los += [l1, l2]
         his += [h1, h2]
-    parents = None if states is None else states * (2 * len(varying))
+    parents = None if states is None else states * (2 * n_cand)
     ups, child_states = objective(torch.cat(los), torch.cat(his), parents)
     # a child lies in its parent, so the parent's bound holds for it too (bounds are not monotone in the box)
-    ups = torch.minimum(ups.view(len(varying), 2, n), parent_up)
-    w = width[:, varying].T  # [D, n]
+    ups = torch.minimum(ups.view(n_cand, 2, n), parent_up)
+    ar = torch.arange(n, device=lo.device)
+    w = width[ar.view(1, n), cand.T]  # [C, n]
     # a dimension far narrower than the box's widest cannot be split usefully (nor one of zero width)
-    narrow = w <= 1e-9 * w.amax(dim=0, keepdim=True)
+    narrow = w <= 1e-9 * width.amax(dim=1).view(1, n)
     # score: the children's bounds together (the worse child alone is myopic: near the maximiser it is about
     # the same whichever way the box is cut); ties go to the wider dimension
     score = ups.sum(dim=1) - 1e-12 * w / w.amax(dim=0, keepdim=True).clamp_min(1e-300) * ups.abs().sum(dim=1)
     best = score.masked_fill(narrow, math.inf).argmin(dim=0)  # [n]
-    ar = torch.arange(n, device=lo.device)
     s1 = s2 = None
     if child_states is not None:
         s1 = [child_states[(2 * int(best[i])) * n + i] for i in range(n)]
         s2 = [child_states[(2 * int(best[i]) + 1) * n + i] for i in range(n)]
-    return varying[best], ups[best, 0, ar], ups[best, 1, ar], s1, s2
+    return cand[ar, best], ups[best, 0, ar], ups[best, 1, ar], s1, s2
 
 
 def branch_and_bound_box(
@@ -260,7 +292,9 @@ def branch_and_bound_box(
             parent_states = None if take[0][4] is None else [t[4] for t in take]
             dims, up1, up2, s1, s2 = _choose_dims(objective, lo, hi, parent_states, parent_up)
             child_states = None if s1 is None else s1 + s2
-            nodes += 2 * lo.shape[0] * max(1, int((hi - lo).flatten(1).gt(0).any(0).sum()))
+            varying = max(1, int((hi - lo).flatten(1).gt(0).any(0).sum()))
+            cands = varying if parent_states is None or LOOKAHEAD_DIMS is None else min(varying, LOOKAHEAD_DIMS)
+            nodes += 2 * lo.shape[0] * cands
             l1, h1, l2, h2 = _split(lo, hi, dims)
             child_lo, child_hi = torch.cat([l1, l2]), torch.cat([h1, h2])
             child_up = torch.cat([up1, up2])

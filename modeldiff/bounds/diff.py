@@ -217,10 +217,21 @@ def split_bounds(bounds: list[_LayerBounds]) -> list[list[tuple[Tensor, ...]]]:
     return [[tuple(getattr(b, f)[i] for f in _FIELDS) for b in bounds] for i in range(n)]
 
 
-def stack_bounds(states: list[list[tuple[Tensor, ...]]]) -> list[_LayerBounds]:
-    """Inverse of :func:`split_bounds` (the relaxations are not restored; only the bounds are used)."""
+def stack_bounds(states: list[list[tuple[Tensor, ...]]], relax: bool = False) -> list[_LayerBounds]:
+    """Inverse of :func:`split_bounds`; the relaxations are restored only with ``relax`` (to back-substitute
+    through the layers; otherwise only the bounds are used)."""
     layers = len(states[0])
-    return [_LayerBounds(*(torch.stack([s[k][j] for s in states]) for j in range(6))) for k in range(layers)]
+    out = [_LayerBounds(*(torch.stack([s[k][j] for s in states]) for j in range(6))) for k in range(layers)]
+    if relax:
+        for b in out:
+            _relax(b)
+    return out
+
+
+def _relax(b: _LayerBounds) -> None:
+    b.relax_a = relu_relaxation(b.la, b.ua)
+    b.relax_b = relu_relaxation(b.lb, b.ub)
+    b.relax_d = diff_relaxation(b.la, b.ua, b.lb, b.ub, b.ld, b.ud)
 
 
 def _concretize(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
@@ -393,8 +404,9 @@ class DiffBounder(SpecBounder):
     # differential CROWN ----------------------------------------------------------------------------------------
 
     def _backsub_diff(self, k: int, spec_z: Tensor | None, spec_d: Tensor, bounds: list[_LayerBounds],
-                      lower: Tensor, upper: Tensor) -> Tensor:
-        """Upper bound of ``spec_z @ z_A^k + spec_d @ delta^k`` over the box, ``[N, S]``."""
+                      lower: Tensor, upper: Tensor, linear: bool = False):
+        """Upper bound of ``spec_z @ z_A^k + spec_d @ delta^k`` over the box, ``[N, S]`` (with ``linear``: the
+        linear upper bound in the input instead, ``(coef [N, S, n_in], const [N, S])``)."""
         la, lb = self.layers_a, self.layers_b
         const = (spec_d @ self.db[k])
         p = (spec_d @ self.dw[k])  # on h_A^{k-1}
@@ -416,6 +428,8 @@ class DiffBounder(SpecBounder):
             p = (lam_z @ la[j].weight) + (lam_d @ self.dw[j])
             q = (lam_d @ lb[j].weight)
         # at the input d^{-1} = 0 (both models see the same x): q drops out
+        if linear:
+            return p, const
         return _concretize(p, const, lower, upper)
 
     def _eye(self, n_batch: int, n: int, like: Tensor) -> Tensor:
@@ -459,9 +473,7 @@ class DiffBounder(SpecBounder):
             ua = torch.minimum(ua, ub + ud)
             la_ = torch.maximum(la_, lb_ + ld)
             b = _LayerBounds(la_, ua, lb_, ub, ld, ud)
-            b.relax_a = relu_relaxation(la_, ua)
-            b.relax_b = relu_relaxation(lb_, ub)
-            b.relax_d = diff_relaxation(la_, ua, lb_, ub, ld, ud)
+            _relax(b)
             bounds.append(b)
         return bounds
 
@@ -475,6 +487,12 @@ class DiffBounder(SpecBounder):
         if bounds is None:
             bounds = self.intermediate_bounds(lower, upper)
         return self._backsub_diff(len(self.layers_a) - 1, spec_z, spec_d, bounds, lower, upper)
+
+    def linear_bound(self, lower: Tensor, upper: Tensor, spec_d: Tensor, bounds: list[_LayerBounds]):
+        """The linear upper bound ``coef @ x + const`` of ``spec_d @ (A(x) - B(x))`` over each box (as
+        :meth:`bound_spec` concretizes it): ``(coef [N, S, n_in], const [N, S])``."""
+        lower, upper = lower.flatten(1), upper.flatten(1)
+        return self._backsub_diff(len(self.layers_a) - 1, None, spec_d, bounds, lower, upper, linear=True)
 
     def delta_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """Elementwise bounds ``([N, K], [N, K])`` of ``A(x) - B(x)`` over each box."""
