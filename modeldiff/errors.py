@@ -29,3 +29,7 @@ class BoundError(ModelDiffError):
 
 class SearchError(ModelDiffError):
     """The disagreement search was misconfigured or produced an invalid witness."""
+
+
+class ReportError(ModelDiffError):
+    """A report was misconfigured: an argument of the wrong type or value, labels that do not fit the region."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -533,3 +534,6 @@ def demo_cmd(points: int, eps: float, method: tuple[str, ...]):
     ]))
     click.echo("\nmedians over the digits. found: largest |A(x)_i - B(x)_i| a search reached in each ball (reachable);"
                "\ncertified: sound upper bound of it over the whole ball; diff: the differential bound.")
+# the report, drift and stability commands live in their own modules, which add themselves to ``cli``
+for _name in ("report_cmd", "track_cmd"):
+    importlib.import_module(f"modeldiff.cli.{_name}")
