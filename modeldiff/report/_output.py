@@ -22,7 +22,7 @@ from modeldiff.errors import ModelDiffError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["provenance", "new_figure", "save_figure", "Page", "output_dir", "write_json"]
+__all__ = ["provenance", "new_figure", "save_figure", "Page", "check_output_dir", "output_dir", "write_json"]
 
 
 def _version(dist: str) -> str | None:
@@ -171,6 +171,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def check_output_dir(out: str | os.PathLike, marker: str) -> None:
+    """Raise :class:`ModelDiffError` now if ``out`` cannot take a report (exists as a file, or is a non-empty
+    folder without ``marker``): the rule of :func:`output_dir`, to check before a long computation."""
+    final = Path(out)
+    if final.exists():
+        if not final.is_dir():
+            raise ModelDiffError(f"output path exists and is not a folder: {final}")
+        if any(final.iterdir()) and not (final / marker).exists():
+            raise ModelDiffError(f"output folder {final} is not empty and holds no earlier report ({marker}); "
+                                 "choose another --out")
+
+
 @contextmanager
 def output_dir(path: str | os.PathLike, marker: str = "report.json") -> Iterator[Path]:
     """Write a report folder atomically: yield a fresh temporary folder beside ``path``; on success it replaces
@@ -180,12 +192,7 @@ def output_dir(path: str | os.PathLike, marker: str = "report.json") -> Iterator
     otherwise :class:`ModelDiffError` is raised before anything is computed or written.
     """
     final = Path(path)
-    if final.exists():
-        if not final.is_dir():
-            raise ModelDiffError(f"output path exists and is not a folder: {final}")
-        if any(final.iterdir()) and not (final / marker).exists():
-            raise ModelDiffError(f"output folder {final} is not empty and holds no earlier report ({marker}); "
-                                 "choose another --out")
+    check_output_dir(final, marker)
     parent = final.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=parent))

@@ -24,8 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modeldiff.errors import ModelDiffError
-from modeldiff.report._output import Page, new_figure, output_dir, save_figure, write_json
+from modeldiff.report._output import Page, check_output_dir, new_figure, output_dir, save_figure, write_json
 from modeldiff.report._output import provenance as make_provenance
 
 __all__ = ["DRIFT_MARKER", "STABILITY_MARKER", "check_output_dir", "write_drift", "write_stability"]
@@ -38,18 +37,6 @@ STABILITY_MARKER = "stability.json"
 _FOUND_TEXT = ("found: the largest divergence the search reached in a region (reachable: a lower bound of the "
                "region's worst case); certified: a sound upper bound over the whole region. The true worst case "
                "lies between them (the shaded band).")
-
-
-def check_output_dir(out: str | os.PathLike, marker: str) -> None:
-    """Raise :class:`ModelDiffError` now if ``out`` cannot take a report (exists as a file, or is a non-empty
-    folder without ``marker``): the same rule as the writers, checked before a long computation."""
-    final = Path(out)
-    if final.exists():
-        if not final.is_dir():
-            raise ModelDiffError(f"output path exists and is not a folder: {final}")
-        if any(final.iterdir()) and not (final / marker).exists():
-            raise ModelDiffError(f"output folder {final} is not empty and holds no earlier report ({marker}); "
-                                 "choose another --out")
 
 
 def _header(result, provenance: dict | None) -> dict[str, Any]:
