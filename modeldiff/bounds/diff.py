@@ -454,12 +454,8 @@ class DiffBounder(SpecBounder):
             if fwd is not None:
                 ua, la_, ub, lb_, ud, ld = fwd.layer(self, k, bounds)
             else:
-                eye = self._eye(n_batch, n, lower)
-                both = torch.cat([eye, -eye], dim=1)  # upper and lower bounds in one pass
-                ua, la_ = self._backsub_single(self.layers_a, k, both, bounds, "a", lower, upper).split(n, dim=1)
-                ub, lb_ = self._backsub_single(self.layers_b, k, both, bounds, "b", lower, upper).split(n, dim=1)
-                ud, ld = self._backsub_diff(k, None, both, bounds, lower, upper).split(n, dim=1)
-                la_, lb_, ld = -la_, -lb_, -ld
+                ua, la_, ub, lb_, ud, ld = self._backward_layer(k, n, bounds, lower, upper,
+                                                                None if parent is None else parent[k])
             if parent is not None:
                 p = parent[k]
                 ua, la_, ub, lb_ = torch.minimum(ua, p.ua), torch.maximum(la_, p.la), torch.minimum(ub, p.ub), \
@@ -476,6 +472,40 @@ class DiffBounder(SpecBounder):
             _relax(b)
             bounds.append(b)
         return bounds
+
+    def _backward_layer(self, k: int, n: int, bounds: list[_LayerBounds], lower: Tensor, upper: Tensor,
+                        parent: _LayerBounds | None) -> tuple[Tensor, ...]:
+        """Back-substituted ``(ua, la, ub, lb, ud, ld)`` of layer ``k``. With ``parent`` (bounds valid on boxes
+        containing these), only the neurons unstable in A or B in some parent are bounded anew; the others keep
+        their parent's bounds: a neuron stable in both networks has an exact relaxation whatever its bounds (see
+        :func:`diff_relaxation`), so tighter bounds would change nothing downstream."""
+        n_batch = lower.shape[0]
+        cols = None
+        if parent is not None:
+            need = ((parent.la < 0) & (parent.ua > 0)) | ((parent.lb < 0) & (parent.ub > 0))
+            cols = need.any(dim=0).nonzero().flatten()
+            if cols.numel() == n:
+                cols = None
+            elif cols.numel() == 0:
+                return tuple(getattr(parent, f).clone() for f in ("ua", "la", "ub", "lb", "ud", "ld"))
+        if cols is None:
+            spec, m = self._eye(n_batch, n, lower), n
+        else:
+            m = int(cols.numel())
+            spec = torch.eye(n, dtype=lower.dtype, device=lower.device)[cols].unsqueeze(0).expand(n_batch, m, n)
+        both = torch.cat([spec, -spec], dim=1)  # upper and lower bounds in one pass
+        ua, la_ = self._backsub_single(self.layers_a, k, both, bounds, "a", lower, upper).split(m, dim=1)
+        ub, lb_ = self._backsub_single(self.layers_b, k, both, bounds, "b", lower, upper).split(m, dim=1)
+        ud, ld = self._backsub_diff(k, None, both, bounds, lower, upper).split(m, dim=1)
+        out = (ua, -la_, ub, -lb_, ud, -ld)
+        if cols is None:
+            return out
+        full = []
+        for f, v in zip(("ua", "la", "ub", "lb", "ud", "ld"), out):
+            t = getattr(parent, f).clone()
+            t[:, cols] = v
+            full.append(t)
+        return tuple(full)
 
     def bound_spec(self, lower: Tensor, upper: Tensor, spec_d: Tensor, spec_z: Tensor | None = None,
                    bounds: list[_LayerBounds] | None = None) -> Tensor:

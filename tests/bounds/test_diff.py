@@ -83,3 +83,32 @@ def test_diff_method_needs_equal_architectures():
     with pytest.raises(UnsupportedModelError, match="differential bound does not apply: the models differ"):
         modeldiff.bound(a, b, region, "linf", "diff")
     assert modeldiff.bound(a, b, region, "linf", "auto").method == "crown"
+
+
+def test_child_bounds_with_a_parent_contain_every_sampled_activation():
+    """Children of a branch-and-bound split re-bound only the neurons unstable in their parent; every layer's
+    bounds must still contain the activations of points of the child box, and neurons stable in the parent keep
+    the parent's bounds."""
+    from tests._models import perturbed
+
+    a = mlp([3, 12, 12, 12, 2], 11, scale=1.5)
+    b = perturbed(a, 0.05, 12)
+    bounder = DiffBounder(a, b, (3,))
+    lo, hi = -torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    parent = bounder.intermediate_bounds(lo, hi)
+    c_lo, c_hi = lo.clone(), hi.clone()
+    c_hi[0, 0] = 0.0  # the left half along input 0
+    child = bounder.intermediate_bounds(c_lo, c_hi, mode="backward", parent=parent)
+    x = c_lo + (c_hi - c_lo) * torch.rand(4000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    za, zb, ha, hb = [], [], x, x
+    for k, (la, lb) in enumerate(zip(bounder.layers_a[:-1], bounder.layers_b[:-1])):
+        z1, z2 = ha @ la.weight.T + la.bias, hb @ lb.weight.T + lb.bias
+        ha, hb = z1.relu(), z2.relu()
+        cb, pb = child[k], parent[k]
+        tol = 1e-9
+        assert (z1 >= cb.la - tol).all() and (z1 <= cb.ua + tol).all()
+        assert (z2 >= cb.lb - tol).all() and (z2 <= cb.ub + tol).all()
+        assert (z1 - z2 >= cb.ld - tol).all() and (z1 - z2 <= cb.ud + tol).all()
+        stable = ~(((pb.la < 0) & (pb.ua > 0)) | ((pb.lb < 0) & (pb.ub > 0)))
+        assert torch.equal(cb.la[stable], pb.la[stable]) and torch.equal(cb.ua[stable], pb.ua[stable])
+        assert (cb.ua <= pb.ua).all() and (cb.la >= pb.la).all()
