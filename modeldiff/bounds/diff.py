@@ -394,9 +394,8 @@ class DiffBounder(SpecBounder):
         lam = (lam @ layers[k].weight)  # on h^{k-1}
         for j in range(k - 1, -1, -1):
             up_s, up_b, lo_s = bounds[j].relax_a if net == "a" else bounds[j].relax_b
-            pos, neg = lam.clamp_min(0), lam.clamp_max(0)
-            const = const + _bdot(pos, up_b)
-            lam = pos * up_s.unsqueeze(1) + neg * lo_s.unsqueeze(1)  # on z^j
+            const = const + _bdot(lam.clamp_min(0), up_b)
+            lam = lam * torch.where(lam > 0, up_s.unsqueeze(1), lo_s.unsqueeze(1))  # on z^j
             const = const + (lam @ layers[j].bias)
             lam = (lam @ layers[j].weight)
         return _concretize(lam, const, lower, upper)
@@ -417,12 +416,12 @@ class DiffBounder(SpecBounder):
         for j in range(k - 1, -1, -1):
             up_s, up_b, lo_s = bounds[j].relax_a
             uz, ud_, uc, lz, ld_, lc = bounds[j].relax_d
-            pp, pn = p.clamp_min(0), p.clamp_max(0)
-            qp, qn = q.clamp_min(0), q.clamp_max(0)
-            const = const + _bdot(pp, up_b)
-            const = const + _bdot(qp, uc) + _bdot(qn, lc)
-            lam_z = pp * up_s.unsqueeze(1) + pn * lo_s.unsqueeze(1) + qp * uz.unsqueeze(1) + qn * lz.unsqueeze(1)
-            lam_d = qp * ud_.unsqueeze(1) + qn * ld_.unsqueeze(1)
+            q_pos = q > 0
+            const = const + _bdot(p.clamp_min(0), up_b)
+            const = const + (q * torch.where(q_pos, uc.unsqueeze(1), lc.unsqueeze(1))).sum(dim=-1)
+            lam_z = p * torch.where(p > 0, up_s.unsqueeze(1), lo_s.unsqueeze(1)) \
+                + q * torch.where(q_pos, uz.unsqueeze(1), lz.unsqueeze(1))
+            lam_d = q * torch.where(q_pos, ud_.unsqueeze(1), ld_.unsqueeze(1))
             # z_A^j = W_A h_A + b_A ; delta^j = W_B d + dW h_A + db
             const = const + (lam_z @ la[j].bias) + (lam_d @ self.db[j])
             p = (lam_z @ la[j].weight) + (lam_d @ self.dw[j])
@@ -476,34 +475,35 @@ class DiffBounder(SpecBounder):
     def _backward_layer(self, k: int, n: int, bounds: list[_LayerBounds], lower: Tensor, upper: Tensor,
                         parent: _LayerBounds | None) -> tuple[Tensor, ...]:
         """Back-substituted ``(ua, la, ub, lb, ud, ld)`` of layer ``k``. With ``parent`` (bounds valid on boxes
-        containing these), only the neurons unstable in A or B in some parent are bounded anew; the others keep
+        containing these), each box bounds anew only the neurons unstable in A or B in its parent; the others keep
         their parent's bounds: a neuron stable in both networks has an exact relaxation whatever its bounds (see
         :func:`diff_relaxation`), so tighter bounds would change nothing downstream."""
         n_batch = lower.shape[0]
-        cols = None
+        names = ("ua", "la", "ub", "lb", "ud", "ld")
+        idx = valid = None
         if parent is not None:
-            need = ((parent.la < 0) & (parent.ua > 0)) | ((parent.lb < 0) & (parent.ub > 0))
-            cols = need.any(dim=0).nonzero().flatten()
-            if cols.numel() == n:
-                cols = None
-            elif cols.numel() == 0:
-                return tuple(getattr(parent, f).clone() for f in ("ua", "la", "ub", "lb", "ud", "ld"))
-        if cols is None:
+            need = ((parent.la < 0) & (parent.ua > 0)) | ((parent.lb < 0) & (parent.ub > 0))  # [N, n]
+            m = int(need.sum(dim=1).max())
+            if m == 0:
+                return tuple(getattr(parent, f).clone() for f in names)
+            if m <= n // 2:  # per box: its unstable neurons first, padded with stable ones (bounds discarded)
+                idx = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :m]  # [N, m]
+                valid = need.gather(1, idx)
+        if idx is None:
             spec, m = self._eye(n_batch, n, lower), n
         else:
-            m = int(cols.numel())
-            spec = torch.eye(n, dtype=lower.dtype, device=lower.device)[cols].unsqueeze(0).expand(n_batch, m, n)
+            spec = torch.nn.functional.one_hot(idx, n).to(lower.dtype)  # [N, m, n]
         both = torch.cat([spec, -spec], dim=1)  # upper and lower bounds in one pass
         ua, la_ = self._backsub_single(self.layers_a, k, both, bounds, "a", lower, upper).split(m, dim=1)
         ub, lb_ = self._backsub_single(self.layers_b, k, both, bounds, "b", lower, upper).split(m, dim=1)
         ud, ld = self._backsub_diff(k, None, both, bounds, lower, upper).split(m, dim=1)
         out = (ua, -la_, ub, -lb_, ud, -ld)
-        if cols is None:
+        if idx is None:
             return out
         full = []
-        for f, v in zip(("ua", "la", "ub", "lb", "ud", "ld"), out):
+        for f, v in zip(names, out):
             t = getattr(parent, f).clone()
-            t[:, cols] = v
+            t.scatter_(1, idx, torch.where(valid, v, t.gather(1, idx)))
             full.append(t)
         return tuple(full)
 
