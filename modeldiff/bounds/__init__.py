@@ -230,6 +230,7 @@ def refine(
     progress: bool = False,
     search_restarts: int = 5,
     search_steps: int = 50,
+    witnesses: Tensor | None = None,
 ):
     """Input-split branch and bound on every box of ``region``: a list of
     :class:`~modeldiff.bounds.bab.BaBResult`, one per box, each an anytime-valid ``[lower, upper]``.
@@ -240,6 +241,8 @@ def refine(
         time_budget_s, max_nodes: budgets per box.
         search_restarts, search_steps: a disagreement search over all boxes first (0 restarts: none); its
             witnesses seed each box's lower bound, so that sub-boxes bounded below it are dropped early.
+        witnesses: ``[N, *input_shape]`` points of the boxes (e.g. an earlier search's) to seed with instead of
+            running that search.
         Other arguments as for :func:`bound`.
 
     Example:
@@ -260,8 +263,11 @@ def refine(
         raise BoundError(f"expected search_restarts to be an int >= 0, got {search_restarts!r}")
     if not isinstance(search_steps, int) or search_steps < 1:
         raise BoundError(f"expected search_steps to be an int >= 1, got {search_steps!r}")
-    witnesses = None
-    if search_restarts > 0:
+    if witnesses is not None:
+        witnesses = torch.as_tensor(witnesses).to(dtype=dt, device=reg.lower.device)
+        if witnesses.shape != reg.lower.shape:
+            raise BoundError(f"expected witnesses of shape {tuple(reg.lower.shape)}, got {tuple(witnesses.shape)}")
+    elif search_restarts > 0:
         from modeldiff.search import search
 
         witnesses = search(a, b, reg, div.name, output_index=idx, restarts=search_restarts, steps=search_steps,

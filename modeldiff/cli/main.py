@@ -339,7 +339,7 @@ def bound_cmd(
         bab_results = refine(
             a, b, region, divergence, result.method, output_index=result.output_index, threshold=threshold,
             time_budget_s=bab_time, max_nodes=bab_nodes, dtype=dt, device=device, seed=seed,
-            progress=show_progress,
+            progress=show_progress, witnesses=found_x,
         )
         certified = torch.minimum(certified, torch.tensor([r.upper for r in bab_results], dtype=certified.dtype))
         lows = torch.tensor([r.lower for r in bab_results], dtype=certified.dtype)

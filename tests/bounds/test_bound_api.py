@@ -74,3 +74,12 @@ def test_refine_is_seeded_by_the_search():
     found = modeldiff.search(A, B, REGION, "linf", restarts=5, steps=50).found
     for r, f in zip(seeded, found):
         assert r.lower >= float(f) - 1e-12
+
+
+def test_refine_takes_witnesses_instead_of_searching():
+    found = modeldiff.search(A, B, REGION, "linf", restarts=2, steps=10)
+    results = refine(A, B, REGION, "linf", max_nodes=1, witnesses=found.witnesses)
+    for r, f in zip(results, found.found):
+        assert r.lower >= float(f) - 1e-12
+    with pytest.raises(BoundError, match=r"expected witnesses of shape \(2, 3\), got \(3,\)"):
+        refine(A, B, REGION, witnesses=torch.zeros(3))
