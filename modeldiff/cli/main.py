@@ -438,6 +438,8 @@ def _bound_table(result, records: list[dict]) -> str:
 @click.option("--optimizer", type=OPTIMIZER_CHOICE, default="auto", show_default=True,
               help="apgd (gradient), random or square (gradient-free), or auto (apgd; gradient-free when "
               "gradients vanish).")
+@click.option("--explore", type=click.IntRange(min=0), default=15, show_default=True,
+              help="Short exploratory runs per restart before APGD refines the best (0: none; not in global mode).")
 @click.option("--time-budget", type=click.FloatRange(min=0), help="Stop after this many seconds (keeps the best).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Save witnesses, values and settings to this .pt file.")
 @_model_options
@@ -445,7 +447,7 @@ def _bound_table(result, records: list[dict]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def search_cmd(
     model_a, model_b, data, eps, box, domain, limit, divergence, output_index, labels, restarts, steps, optimizer,
-    time_budget, out, arch, arch_b, trust_pickle, device, dtype, seed, batch_size, progress, as_json,
+    explore, time_budget, out, arch, arch_b, trust_pickle, device, dtype, seed, batch_size, progress, as_json,
 ):
     """Search each region for inputs where MODEL_A and MODEL_B differ most ("contrastive dreaming").
 
@@ -464,7 +466,7 @@ def search_cmd(
     result = modeldiff.search(
         a, b, region, divergence, output_index=index, restarts=restarts, steps=steps, optimizer=optimizer,
         time_budget_s=time_budget, seed=seed, dtype=dt, device=device, batch_size=batch_size,
-        progress=show_progress,
+        progress=show_progress, explore=explore,
     )
     payload = {
         "modeldiff_version": modeldiff.__version__,

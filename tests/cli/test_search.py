@@ -119,3 +119,13 @@ def test_unknown_or_absent_device_is_one_line(points, command, device, message):
     result = CliRunner().invoke(cli, [command, str(BASE), str(PRUNED), *ARCH, "--data", str(points), "--eps", "0.01",
                                       "--device", device])
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_search_explore_option(points):
+    args = ("search", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.05, "--restarts", 2, "--steps", 20,
+            "--json")
+    on = json.loads(_run(*args, "--explore", 3).output)
+    off = json.loads(_run(*args, "--explore", 0).output)
+    assert on["settings"]["explore"] == 3 and off["settings"]["explore"] == 0
+    bad = CliRunner().invoke(cli, [str(a) for a in args] + ["--explore", "-1"])
+    assert bad.exit_code == 2 and "--explore" in bad.output
