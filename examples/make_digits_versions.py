@@ -18,8 +18,8 @@ Writes into ``--out``:
 Every model is :func:`modeldiff.zoo.digits_mlp` (64-32-32-10 ReLU) on 8x8 digits scaled to [0, 1], saved with a
 dynamic batch dimension in a format ``modeldiff`` loads with no extra flags: ``.onnx`` (default; loaded as a
 chain of ``Linear``/``ReLU`` modules, so ``--method auto`` picks the tight differential bound) or ``.pt2``
-(``torch.export``; its graph cannot be traced by ``torch.fx``, so ``auto`` falls back to composed-graph CROWN).
-Deterministic for a given ``--seed``; needs scikit-learn (only for this script). About a minute on 2 CPU cores.
+(``torch.export``; its ATen graph is read as the same chain). Deterministic for a given ``--seed``; needs
+scikit-learn. About 15 s on 2 CPU cores.
 """
 
 from __future__ import annotations
