@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from modeldiff.bounds.base import SpecBounder, SpecUnavailable
-from modeldiff.bounds.linearize import DenseLayer, NotLinearizable, linearize
+from modeldiff.linearize import DenseLayer, NotLinearizable, linearize
 
 __all__ = ["DiffBounder", "NotApplicable", "diff_applicable"]
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import modeldiff
 from modeldiff.bounds.diff import DiffBounder, NotApplicable, diff_applicable, diff_relaxation
-from modeldiff.bounds.linearize import NotLinearizable, linearize
+from modeldiff.linearize import NotLinearizable, linearize
 from modeldiff.errors import UnsupportedModelError
 from modeldiff.regions import ball
 from tests._models import SmallCNN, mlp

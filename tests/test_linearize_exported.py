@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import modeldiff
-from modeldiff.bounds.linearize import DenseLayer, NotLinearizable, linearize
+from modeldiff.linearize import DenseLayer, NotLinearizable, linearize
 from modeldiff.loading import ExportedModule, load_model
 from modeldiff.regions import ball
 
