@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -71,7 +72,10 @@ def prepare_model(model: nn.Module, dtype: torch.dtype | None = None, device: st
     The caller's model is never modified."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    model = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        # torch's own deprecation notice on every copy of a loaded torch.export (.pt2) module: not actionable here
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        model = copy.deepcopy(model)
     model.eval()
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)

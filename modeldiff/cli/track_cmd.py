@@ -7,7 +7,6 @@ The last lines of :mod:`modeldiff.cli.main` import this module and register its 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -121,11 +120,6 @@ def _provenance(paths, names, region, divergence, method, restarts, steps, seed,
     )
 
 
-def _quiet_torch_export():
-    """torch's own deprecation notice, raised on every copy of a loaded .pt2 model (not actionable here)."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-
-
 def _g(v: Any) -> str:
     if isinstance(v, str):
         return v
@@ -159,7 +153,6 @@ def drift_cmd(models, data, eps, box, domain, limit, divergence, method, restart
     from modeldiff.report.track_report import DRIFT_MARKER, write_drift
     from modeldiff.track import drift
 
-    _quiet_torch_export()
     torch.manual_seed(seed)
     loaded, model_names, region, dt = _prepare(models, names, data, eps, box, domain, limit, arch, trust_pickle,
                                                dtype, device, out, DRIFT_MARKER)
@@ -227,7 +220,6 @@ def stability_cmd(models, data, eps, box, domain, limit, divergence, method, res
     from modeldiff.report.track_report import STABILITY_MARKER, write_stability
     from modeldiff.track import stability
 
-    _quiet_torch_export()
     torch.manual_seed(seed)
     loaded, model_names, region, dt = _prepare(models, names, data, eps, box, domain, limit, arch, trust_pickle,
                                                dtype, device, out, STABILITY_MARKER)
