@@ -3,9 +3,11 @@ the lower bound found by search (or proves/disproves ``divergence < threshold``)
 
 The box is split into sub-boxes kept in a priority queue ordered by their certified upper bound. Each round pops
 the worst sub-boxes (a batch), splits each in two along one input dimension and bounds the children together.
-The split dimension is chosen by its effect on the bound: both children of every varying dimension are bounded
-and the dimension whose two children's bounds sum lowest is kept (so each split costs 2 x dimensions bounds; this
-is meant for low-dimensional inputs).
+The split dimension is chosen by its effect on the bound: both children of every candidate dimension are bounded
+and the dimension whose two children's bounds sum lowest is kept (so each split costs 2 x candidates bounds; this
+is meant for low-dimensional inputs). The candidates are every varying dimension, or with the differential bound
+the two that weigh most in the bound; when both cuts help about as much, the box is cut along both into quarters
+(see :func:`_children`).
 The lower bound is the divergence at the sub-box centres seen so far, improved by the disagreement search
 (:mod:`modeldiff.search`) on the current worst sub-box every few rounds.
 
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 
 from modeldiff.bounds.base import SpecBounder
 from modeldiff.bounds.derive import abs_max
-from modeldiff.bounds.diff import DiffBounder, split_bounds, stack_bounds
+from modeldiff.bounds.diff import DiffBounder, intersect_bounds, split_bounds, stack_bounds
 from modeldiff.errors import BoundError
 from modeldiff.results import tensor_to_list
 
@@ -37,6 +39,9 @@ __all__ = ["BaBResult", "branch_and_bound_box"]
 #: with the differential bound, lookahead bounds the children of only this many candidate split dimensions per
 #: box (those with the largest share of the bound's linear spread); None: every varying dimension
 LOOKAHEAD_DIMS: int | None = 2
+#: with the differential bound, a box is cut along every lookahead candidate whose cut lowers the sum of its two
+#: halves' bounds by at least this fraction of what the best cut does (the best is always cut)
+CUT_GAIN: float = 0.3
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,13 +103,13 @@ class _Objective:
         self.bounder, self.divergence, self.output_index, self.label = bounder, divergence, output_index, label
         self.stateful = isinstance(bounder, DiffBounder)
 
-    def __call__(self, lo: Tensor, hi: Tensor, parents: list | None = None) -> tuple[Tensor, list | None]:
+    def __call__(self, lo: Tensor, hi: Tensor, parents: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         states = None
         if self.stateful:
             flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
             # full back-substitution on every child, intersected with its parent's bounds: on ACAS Xu this proves
             # in a few hundred nodes what cheap forward-mode child bounds leave open after thousands
-            parent = None if parents is None else stack_bounds(parents)
+            parent = None if parents is None else stack_bounds(parents, self.bounder.hidden_sizes)
             bounds = self.bounder.intermediate_bounds(flat_lo, flat_hi, mode="backward", parent=parent)
             self.bounder.use_intermediate(lo, hi, bounds)
             states = split_bounds(bounds)
@@ -128,7 +133,7 @@ def _split(lo: Tensor, hi: Tensor, dims: Tensor) -> tuple[Tensor, Tensor, Tensor
     return lo, hi1.view_as(hi), lo2.view_as(lo), hi
 
 
-def _smear(objective: _Objective, lo: Tensor, hi: Tensor, states: list) -> Tensor:
+def _smear(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor) -> Tensor:
     """``[n, D]`` per box and input dimension: ``|coef_d| * width_d`` of the differential bound's linear upper bound
     of the worst ``+-delta_i`` (the output bounded, or the worst output), i.e. how much of the bound's spread over
     the box comes from dimension ``d``."""
@@ -137,7 +142,7 @@ def _smear(objective: _Objective, lo: Tensor, hi: Tensor, states: list) -> Tenso
     outs = [objective.output_index] if objective.output_index is not None else list(range(k))
     eye = torch.eye(k, dtype=lo.dtype, device=lo.device)[outs]
     spec = torch.cat([eye, -eye]).unsqueeze(0).expand(n, -1, -1)
-    coef, const = bounder.linear_bound(lo, hi, spec, stack_bounds(states, relax=True))
+    coef, const = bounder.linear_bound(lo, hi, spec, stack_bounds(states, bounder.hidden_sizes, relax=True))
     flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
     mid, rad = (flat_lo + flat_hi) / 2, (flat_hi - flat_lo) / 2
     upper = (coef @ mid.unsqueeze(-1)).squeeze(-1) + (coef.abs() @ rad.unsqueeze(-1)).squeeze(-1) + const
@@ -146,11 +151,17 @@ def _smear(objective: _Objective, lo: Tensor, hi: Tensor, states: list) -> Tenso
     return c.abs() * (flat_hi - flat_lo)
 
 
-def _choose_dims(objective: _Objective, lo: Tensor, hi: Tensor, states: list | None, parent_up: Tensor):
-    """Split dimension per box by lookahead: bound both children for each candidate dimension, keep the
-    dimension whose children's bounds sum lowest. The candidates are every varying dimension, or (differential
-    bound, :data:`LOOKAHEAD_DIMS` set) the ``LOOKAHEAD_DIMS`` dimensions with the largest :func:`_smear`.
-    Returns ``(dims, up_child1, up_child2, states_child1, states_child2)``."""
+def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | None, parent_up: Tensor):
+    """Split each box and bound its children: ``(child_lo, child_hi, child_up, child_states, n_bounded)``.
+
+    Lookahead: both halves are bounded for each candidate split dimension. The candidates are every varying
+    dimension, or (differential bound, :data:`LOOKAHEAD_DIMS` set) the ``LOOKAHEAD_DIMS`` dimensions with the
+    largest :func:`_smear`. The box is cut along the candidate whose two halves' bounds sum lowest. With per-box
+    state (the differential bound) it is also cut along every other candidate whose cut lowers that sum (from
+    twice the box's bound) by at least :data:`CUT_GAIN` times what the best cut does, so that bounds computed are
+    not thrown away: each child gets the smallest bound of the halves containing it and the intersection of their
+    intermediate bounds (all of them hold on it).
+    """
     n = lo.shape[0]
     width = (hi - lo).flatten(1)
     varying = torch.nonzero((width > 0).any(dim=0)).flatten()
@@ -170,8 +181,9 @@ def _choose_dims(objective: _Objective, lo: Tensor, hi: Tensor, states: list | N
         l1, h1, l2, h2 = _split(lo, hi, cand[:, c])
         los += [l1, l2]
         his += [h1, h2]
-    parents = None if states is None else states * (2 * n_cand)
+    parents = None if states is None else states.repeat(2 * n_cand, 1, 1)
     ups, child_states = objective(torch.cat(los), torch.cat(his), parents)
+    n_bounded = 2 * n_cand * n
     # a child lies in its parent, so the parent's bound holds for it too (bounds are not monotone in the box)
     ups = torch.minimum(ups.view(n_cand, 2, n), parent_up)
     ar = torch.arange(n, device=lo.device)
@@ -182,11 +194,35 @@ def _choose_dims(objective: _Objective, lo: Tensor, hi: Tensor, states: list | N
     # the same whichever way the box is cut); ties go to the wider dimension
     score = ups.sum(dim=1) - 1e-12 * w / w.amax(dim=0, keepdim=True).clamp_min(1e-300) * ups.abs().sum(dim=1)
     best = score.masked_fill(narrow, math.inf).argmin(dim=0)  # [n]
-    s1 = s2 = None
-    if child_states is not None:
-        s1 = [child_states[(2 * int(best[i])) * n + i] for i in range(n)]
-        s2 = [child_states[(2 * int(best[i]) + 1) * n + i] for i in range(n)]
-    return cand[ar, best], ups[best, 0, ar], ups[best, 1, ar], s1, s2
+    # the cuts kept: the best, and (with per-box state) every other candidate that lowers the sum of its halves'
+    # bounds by at least CUT_GAIN times what the best does
+    cut = torch.zeros(n_cand, n, dtype=torch.bool, device=lo.device)
+    cut[best, ar] = True
+    if child_states is not None and n_cand > 1:
+        gain = (2 * parent_up - ups.sum(dim=1)).clamp_min(0)  # [C, n]
+        cut |= (gain >= CUT_GAIN * gain.amax(dim=0)) & (gain.amax(dim=0) > 0) & ~narrow
+    out_lo, out_hi, out_up, kept = [], [], [], None if child_states is None else []
+    for pattern in torch.unique(cut.T, dim=0):
+        boxes = torch.nonzero((cut.T == pattern).all(dim=1)).flatten()
+        dims = torch.nonzero(pattern).flatten().tolist()
+        for halves in itertools.product((0, 1), repeat=len(dims)):
+            parts = [(2 * c + h) * n for c, h in zip(dims, halves)]  # offsets of the halves containing the child
+            c_lo, c_hi, c_up = lo[boxes], hi[boxes], parent_up[boxes]
+            for c, h in zip(dims, halves):
+                c_lo = torch.maximum(c_lo, los[2 * c + h][boxes])
+                c_hi = torch.minimum(c_hi, his[2 * c + h][boxes])
+                c_up = torch.minimum(c_up, ups[c, h, boxes])
+            out_lo.append(c_lo)
+            out_hi.append(c_hi)
+            out_up.append(c_up)
+            if kept is not None:
+                st = child_states[parts[0] + boxes]
+                for off in parts[1:]:
+                    st = intersect_bounds(st, child_states[off + boxes])
+                kept.append(st)
+    if kept is not None:
+        kept = torch.cat(kept)
+    return torch.cat(out_lo), torch.cat(out_hi), torch.cat(out_up), kept, n_bounded
 
 
 def branch_and_bound_box(
@@ -289,15 +325,10 @@ def branch_and_bound_box(
             lo = torch.stack([t[2] for t in take])
             hi = torch.stack([t[3] for t in take])
             parent_up = torch.tensor([-t[0] for t in take], dtype=lo.dtype, device=lo.device)
-            parent_states = None if take[0][4] is None else [t[4] for t in take]
-            dims, up1, up2, s1, s2 = _choose_dims(objective, lo, hi, parent_states, parent_up)
-            child_states = None if s1 is None else s1 + s2
-            varying = max(1, int((hi - lo).flatten(1).gt(0).any(0).sum()))
-            cands = varying if parent_states is None or LOOKAHEAD_DIMS is None else min(varying, LOOKAHEAD_DIMS)
-            nodes += 2 * lo.shape[0] * cands
-            l1, h1, l2, h2 = _split(lo, hi, dims)
-            child_lo, child_hi = torch.cat([l1, l2]), torch.cat([h1, h2])
-            child_up = torch.cat([up1, up2])
+            parent_states = None if take[0][4] is None else torch.stack([t[4] for t in take])
+            child_lo, child_hi, child_up, child_states, bounded = _children(objective, lo, hi, parent_states,
+                                                                            parent_up)
+            nodes += bounded
             vals = value((child_lo + child_hi) / 2)
             i = int(vals.argmax())
             if float(vals[i]) > best_val:
@@ -309,7 +340,7 @@ def branch_and_bound_box(
                 if threshold is not None and u < threshold:
                     closed = max(closed, u)  # proven below the threshold
                     continue
-                state = None if child_states is None else child_states[j]
+                state = None if child_states is None else child_states[j].clone()  # not a view: frees the batch
                 heapq.heappush(heap, (-u, next(counter), child_lo[j], child_hi[j], state))
             rounds += 1
             if search_every and rounds % search_every == 0 and heap:

@@ -211,17 +211,25 @@ def _bdot(lam: Tensor, v: Tensor) -> Tensor:
 _FIELDS = ("la", "ua", "lb", "ub", "ld", "ud")
 
 
-def split_bounds(bounds: list[_LayerBounds]) -> list[list[tuple[Tensor, ...]]]:
-    """Per-box states (for branch and bound): box i gets one tuple of six ``[n]`` tensors per layer."""
-    n = bounds[0].la.shape[0] if bounds else 0
-    return [[tuple(getattr(b, f)[i] for f in _FIELDS) for b in bounds] for i in range(n)]
+def split_bounds(bounds: list[_LayerBounds]) -> Tensor:
+    """The boxes' bounds packed for branch and bound: ``[N, 6, T]``, rows ``la, ua, lb, ub, ld, ud``, the hidden
+    layers' neurons side by side (``T`` neurons in all)."""
+    return torch.cat([torch.stack([getattr(b, f) for f in _FIELDS], dim=1) for b in bounds], dim=2)
 
 
-def stack_bounds(states: list[list[tuple[Tensor, ...]]], relax: bool = False) -> list[_LayerBounds]:
-    """Inverse of :func:`split_bounds`; the relaxations are restored only with ``relax`` (to back-substitute
-    through the layers; otherwise only the bounds are used)."""
-    layers = len(states[0])
-    out = [_LayerBounds(*(torch.stack([s[k][j] for s in states]) for j in range(6))) for k in range(layers)]
+#: rows of a packed state that hold lower bounds (the others hold upper bounds)
+LOWER_ROWS = torch.tensor([True, False, True, False, True, False]).view(6, 1)
+
+
+def intersect_bounds(x: Tensor, y: Tensor) -> Tensor:
+    """Packed bounds (``[..., 6, T]``) valid on the intersection of two boxes, from bounds valid on each."""
+    return torch.where(LOWER_ROWS.to(x.device), torch.maximum(x, y), torch.minimum(x, y))
+
+
+def stack_bounds(packed: Tensor, sizes: list[int], relax: bool = False) -> list[_LayerBounds]:
+    """Inverse of :func:`split_bounds` (``sizes``: the hidden layers' widths); the relaxations are restored only
+    with ``relax`` (to back-substitute through the layers; otherwise only the bounds are used)."""
+    out = [_LayerBounds(*part.unbind(dim=1)) for part in packed.split(sizes, dim=2)]
     if relax:
         for b in out:
             _relax(b)
@@ -349,6 +357,8 @@ class DiffBounder(SpecBounder):
         self.layers_a, self.layers_b = _pair_layers(model_a, model_b, tuple(input_shape))
         self.intermediate = intermediate or "backward"
         self.n_outputs = int(self.layers_a[-1].weight.shape[0])
+        #: widths of the hidden layers (the layers whose bounds branch and bound keeps per box)
+        self.hidden_sizes = [int(layer.weight.shape[0]) for layer in self.layers_a[:-1]]
         self.dw = [a.weight - b.weight for a, b in zip(self.layers_a, self.layers_b)]
         self.db = [a.bias - b.bias for a, b in zip(self.layers_a, self.layers_b)]
         self._cache: tuple[Tensor, Tensor, list] | None = None
@@ -446,7 +456,6 @@ class DiffBounder(SpecBounder):
         """
         mode = mode or self.intermediate
         bounds: list[_LayerBounds] = []
-        n_batch = lower.shape[0]
         fwd = _Forward(lower, upper) if mode == "forward" else None
         for k in range(len(self.layers_a) - 1):
             n = self.layers_a[k].weight.shape[0]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeldiff.bounds import make_bounder
+from modeldiff.bounds import bab
 from modeldiff.bounds.bab import branch_and_bound_box
 from modeldiff.errors import BoundError
 from modeldiff.search import evaluate
@@ -88,3 +91,55 @@ def test_seed_witness_sets_the_lower_bound_and_must_lie_in_the_box():
     assert seeded.lower >= float(evaluate(a, b, corner.unsqueeze(0), "linf")[0])
     with pytest.raises(BoundError, match="the seed witness lies outside the box"):
         branch_and_bound_box(a, b, bounder, lo, hi, "linf", witness=hi[0] + 1)
+
+
+def _sampled_max(a, b, lo, hi, divergence, output_index, n=60_000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, lo.shape[-1], dtype=torch.float64, generator=g)
+    u[: n // 4] = u[: n // 4].round()  # corners too
+    return float(evaluate(a, b, lo + (hi - lo) * u, divergence, output_index).max())
+
+
+@pytest.mark.parametrize("cut_gain", [0.0, 0.5, math.inf])
+def test_children_cover_their_parent_and_bound_each_child(monkeypatch, cut_gain):
+    monkeypatch.setattr(bab, "CUT_GAIN", cut_gain)
+    a = mlp([4, 10, 10, 2], 11, scale=2.0)
+    b = perturbed(a, 0.05, 12)
+    bounder, _ = make_bounder(a, b, (4,), "diff")
+    objective = bab._Objective(bounder, "linf", None, None)
+    g = torch.Generator().manual_seed(1)
+    lo = -torch.rand(5, 4, dtype=torch.float64, generator=g)
+    hi = torch.rand(5, 4, dtype=torch.float64, generator=g)
+    up, states = objective(lo, hi)
+    c_lo, c_hi, c_up, c_states, bounded = bab._children(objective, lo, hi, states, up)
+    assert bounded == 5 * 2 * bab.LOOKAHEAD_DIMS and len(c_states) == c_lo.shape[0]
+    if cut_gain == 0.0:
+        assert c_lo.shape[0] == 20  # every box cut into quarters
+    if cut_gain == math.inf:
+        assert c_lo.shape[0] == 10
+    # each child lies in exactly one parent, and the children of a parent tile it
+    inside = ((c_lo.unsqueeze(1) >= lo - 1e-15) & (c_hi.unsqueeze(1) <= hi + 1e-15)).all(-1)  # [children, parents]
+    assert (inside.sum(dim=1) == 1).all()
+    owner = inside.int().argmax(dim=1)
+    vol = (c_hi - c_lo).prod(dim=1)
+    for p in range(5):
+        assert float(vol[owner == p].sum()) == pytest.approx(float((hi[p] - lo[p]).prod()), rel=1e-12)
+    for i in range(c_lo.shape[0]):
+        truth = _sampled_max(a, b, c_lo[i], c_hi[i], "linf", None, n=4000, seed=i)
+        assert float(c_up[i]) >= truth - 1e-12, f"child {i}: bound {float(c_up[i])} below a sampled {truth}"
+        assert float(c_up[i]) <= float(up[owner[i]]) + 1e-15
+
+
+@pytest.mark.parametrize("cut_gain", [0.0, 0.5])
+def test_interval_contains_sampled_maximum_in_three_dimensions(monkeypatch, cut_gain):
+    monkeypatch.setattr(bab, "CUT_GAIN", cut_gain)
+    for seed in (21, 22):
+        a = mlp([3, 8, 8, 2], seed, scale=2.0)
+        b = perturbed(a, 0.05, seed + 1)
+        lo, hi = torch.full((1, 3), -1.0, dtype=torch.float64), torch.full((1, 3), 1.0, dtype=torch.float64)
+        bounder, _ = make_bounder(a, b, (3,), "diff")
+        result = branch_and_bound_box(a, b, bounder, lo, hi, "delta", output_index=1, tolerance=1e-3,
+                                      max_nodes=600, time_budget_s=30, search_every=0)
+        truth = _sampled_max(a, b, lo[0], hi[0], "delta", 1)
+        assert result.upper >= truth - 1e-12, f"certified {result.upper} below a sampled {truth}"
+        assert result.upper < result.initial_upper

@@ -9,11 +9,13 @@ import torch
 from torch import nn
 
 import modeldiff
-from modeldiff.bounds.diff import DiffBounder, NotApplicable, diff_applicable, diff_relaxation
+from modeldiff.bounds.diff import (
+    DiffBounder, NotApplicable, diff_applicable, diff_relaxation, intersect_bounds, split_bounds, stack_bounds,
+)
 from modeldiff.linearize import NotLinearizable, linearize
 from modeldiff.errors import UnsupportedModelError
 from modeldiff.regions import ball
-from tests._models import SmallCNN, mlp
+from tests._models import SmallCNN, mlp, perturbed
 
 
 @pytest.mark.parametrize("divergence", ["delta", "linf", "l1", "l2", "kl", "tv"])
@@ -100,7 +102,7 @@ def test_child_bounds_with_a_parent_contain_every_sampled_activation():
     c_hi[0, 0] = 0.0  # the left half along input 0
     child = bounder.intermediate_bounds(c_lo, c_hi, mode="backward", parent=parent)
     x = c_lo + (c_hi - c_lo) * torch.rand(4000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    za, zb, ha, hb = [], [], x, x
+    ha, hb = x, x
     for k, (la, lb) in enumerate(zip(bounder.layers_a[:-1], bounder.layers_b[:-1])):
         z1, z2 = ha @ la.weight.T + la.bias, hb @ lb.weight.T + lb.bias
         ha, hb = z1.relu(), z2.relu()
@@ -112,3 +114,22 @@ def test_child_bounds_with_a_parent_contain_every_sampled_activation():
         stable = ~(((pb.la < 0) & (pb.ua > 0)) | ((pb.lb < 0) & (pb.ub > 0)))
         assert torch.equal(cb.la[stable], pb.la[stable]) and torch.equal(cb.ua[stable], pb.ua[stable])
         assert (cb.ua <= pb.ua).all() and (cb.la >= pb.la).all()
+
+
+def test_packed_bounds_round_trip_and_intersect():
+    a = mlp([3, 5, 4, 2], 13)
+    b = perturbed(a, 0.05, 14)
+    bounder = DiffBounder(a, b, (3,))
+    lo, hi = -torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    lo[1] = 0.0
+    bounds = bounder.intermediate_bounds(lo, hi)
+    packed = split_bounds(bounds)
+    assert packed.shape == (2, 6, sum(bounder.hidden_sizes)) and bounder.hidden_sizes == [5, 4]
+    back = stack_bounds(packed, bounder.hidden_sizes, relax=True)
+    for x, y in zip(bounds, back):
+        for f in ("la", "ua", "lb", "ub", "ld", "ud"):
+            assert torch.equal(getattr(x, f), getattr(y, f))
+        assert all(torch.equal(p, q) for p, q in zip(x.relax_d, y.relax_d))
+    both = intersect_bounds(packed[0], packed[1])
+    assert torch.equal(both[0::2], torch.maximum(packed[0, 0::2], packed[1, 0::2]))  # lower bounds: the larger
+    assert torch.equal(both[1::2], torch.minimum(packed[0, 1::2], packed[1, 1::2]))  # upper bounds: the smaller
