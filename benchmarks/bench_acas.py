@@ -11,12 +11,13 @@ Prints one line per pair as it goes, then a markdown table per eps: pairs run, p
 published NeuroDiff / ReluDiff proven counts and total times on the same pairs (published times are from the
 papers' machines, 10-12 threads; pairs they did not finish have no time and are counted apart), the median over
 the pairs of the final gap ``upper / lower`` (certified bound / best value found), and the pairs not proven.
-The table replaces the ``bench_acas`` section of ``benchmarks/RESULTS.md`` unless ``--no-write``.
+The table replaces the ``bench_acas`` section (or ``--section``) of ``benchmarks/RESULTS.md`` unless ``--no-write``.
 
 Usage::
 
     python benchmarks/bench_acas.py --eps 0.05 --timeout 10            # all 143 pairs at eps 0.05
     python benchmarks/bench_acas.py --eps 0.01 --limit 30 --no-write   # a quick look
+    python benchmarks/bench_acas.py --eps 0.01 --timeout 10 --threads 2 --section bench_acas_eps001
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="time budget per pair in seconds (default 30)")
     p.add_argument("--limit", type=int, help="first N (property, network) pairs only")
     p.add_argument("--threads", type=int, help="torch threads (default 1)")
+    p.add_argument("--section", default="bench_acas", help="section of RESULTS.md to write (default bench_acas)")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv[1:])
     torch.set_num_threads(args.threads or 1)
@@ -169,7 +171,7 @@ def main(argv: list[str]) -> None:
     text = table(rows, args.timeout, args.method)
     print(text, flush=True)
     if not args.no_write:
-        print("wrote", suites.write_section("bench_acas", text, argv))
+        print("wrote", suites.write_section(args.section, text, argv))
 
 
 if __name__ == "__main__":
