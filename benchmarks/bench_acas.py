@@ -128,7 +128,8 @@ def table(rows: list[dict], timeout: float, method: str) -> str:
                     + (f"; witness x = {[round(v, 6) for v in r['witness']]}" if r["status"] == "disproven" else "")
                 )
     text = [
-        "## ACAS Xu: branch and bound vs NeuroDiff / ReluDiff (`benchmarks/bench_acas.py`)",
+        f"## ACAS Xu at eps {', '.join(f'{e:g}' for e in dict.fromkeys(r['eps'] for r in rows))}: branch and bound "
+        "vs NeuroDiff / ReluDiff (`benchmarks/bench_acas.py`)",
         "",
         f"Proven at eps: `|A(x)_t - B(x)_t| < eps` certified over the property box for the published target output "
         f"t, by `branch_and_bound_box` (method `{method}`, tolerance 0, {timeout:g} s per pair, no node limit), "
