@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
 
 class ModelDiffError(Exception):
     """Base class of every error modeldiff raises on bad input."""
@@ -33,3 +36,14 @@ class SearchError(ModelDiffError):
 
 class ReportError(ModelDiffError):
     """A report was misconfigured: an argument of the wrong type or value, labels that do not fit the region."""
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, *, error: type[Exception] = ModelDiffError,
+              type_error: type[Exception] = TypeError) -> int:
+    """``value`` as an int: ``type_error`` if it is not an integer (bools are not), ``error`` if it is below
+    ``minimum``; messages read "expected NAME ...", as everywhere in modeldiff."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise type_error(f"expected {name} to be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise error(f"expected {name} >= {minimum}, got {value}")
+    return int(value)

@@ -9,7 +9,6 @@ clusters of the label-flip witnesses and search diagnostics. :func:`modeldiff.re
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import time
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 
 from modeldiff.bounds import METHODS, bound
 from modeldiff.divergences import DIVERGENCES
-from modeldiff.errors import ReportError
+from modeldiff.errors import ReportError, check_int
 from modeldiff.graph import ComparisonGraph, prepare_model, resolve_device
 from modeldiff.regions import Region
 from modeldiff.report import _stats
@@ -47,11 +46,7 @@ def _type_name(v: Any) -> str:
 
 
 def _int(name: str, value: Any, minimum: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ReportError(f"expected {name} to be an int, got {_type_name(value)}")
-    if minimum is not None and value < minimum:
-        raise ReportError(f"expected {name} >= {minimum}, got {value}")
-    return int(value)
+    return check_int(name, value, minimum, error=ReportError, type_error=ReportError)
 
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> str:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from modeldiff.divergences import Divergence, get_divergence
-from modeldiff.errors import SearchError
+from modeldiff.errors import SearchError, check_int
 from modeldiff.graph import ComparisonGraph, infer_input_shape, prepare_model
 from modeldiff.regions import Region
 from modeldiff.results import SearchResult
@@ -49,11 +49,7 @@ _MAX_HISTORY = 500
 
 
 def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"expected {name} to be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise SearchError(f"expected {name} >= {minimum}, got {value}")
-    return int(value)
+    return check_int(name, value, minimum, error=SearchError)
 
 
 def _check_args(region, optimizer, time_budget_s, seed, dtype, batch_size, progress, global_mode, n_starts):

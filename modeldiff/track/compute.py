@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import numbers
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from modeldiff.bounds import METHODS, bound, resolve_dtype
 from modeldiff.divergences import get_divergence
-from modeldiff.errors import BoundError, IncompatibleModelsError, ModelDiffError, SearchError
+from modeldiff.errors import BoundError, IncompatibleModelsError, ModelDiffError, SearchError, check_int
 from modeldiff.graph import prepare_model, resolve_device
 from modeldiff.regions import Region
 from modeldiff.search import search
@@ -28,14 +26,6 @@ _SOUND_TOL = 1e-9
 
 
 # ----------------------------------------------------------------------------------------------------- checks
-
-
-def _check_int(name: str, value: Any, minimum: int | None = None, error: type[ModelDiffError] = SearchError) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"expected {name} to be an int, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise error(f"expected {name} >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_common(models, region, names, divergence, method, restarts, steps, seed, dtype, device, batch_size,
@@ -76,10 +66,10 @@ def _check_common(models, region, names, divergence, method, restarts, steps, se
         raise TypeError(f"expected method to be a str, got {type(method).__name__}")
     if method not in METHODS:
         raise BoundError(f"unknown bound method {method!r}; expected one of {', '.join(METHODS)}")
-    _check_int("restarts", restarts, 1)
-    _check_int("steps", steps, 1)
-    _check_int("seed", seed)
-    _check_int("batch_size", batch_size, 1, BoundError)
+    check_int("restarts", restarts, 1, error=SearchError)
+    check_int("steps", steps, 1, error=SearchError)
+    check_int("seed", seed)
+    check_int("batch_size", batch_size, 1, error=BoundError)
     if not isinstance(progress, bool):
         raise TypeError(f"expected progress to be a bool, got {type(progress).__name__}")
     if not isinstance(dtype, (str, torch.dtype)):
