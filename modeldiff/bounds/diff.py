@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from modeldiff.bounds.base import SpecBounder, SpecUnavailable
-from modeldiff.linearize import DenseLayer, NotLinearizable, linearize
+from modeldiff.linearize import NotLinearizable, linearize
 
 __all__ = ["DiffBounder", "NotApplicable", "diff_applicable"]
 
@@ -152,10 +152,10 @@ def _planes(la: Tensor, ua: Tensor, lb: Tensor, ub: Tensor, ld: Tensor, ud: Tens
     lam_a = relu_relaxation(la, ua)[0]
     lam_b = relu_relaxation(lb, ub)[0]
     one, zero = torch.ones_like(la), torch.zeros_like(la)
-    cand = [(zero, zero)]
+    cand = []
     for a_a in (zero, one, lam_a):
         for a_b in (zero, one, lam_b):
-            cand.append((a_a - a_b, a_b))
+            cand.append((a_a - a_b, a_b))  # the first is the zero plane
     cand += [(zero, lam_a), (zero, lam_b)]
     # secant planes of f over the (z, delta) box: slopes along z at either delta edge, along delta at either z edge
     # (f is 1-Lipschitz in z and in delta, so exact secant slopes lie in [-1, 1]; degenerate widths give 0)
@@ -169,12 +169,17 @@ def _planes(la: Tensor, ua: Tensor, lb: Tensor, ub: Tensor, ld: Tensor, ud: Tens
     az = torch.stack([c[0] for c in cand], dim=-1)  # [..., C]
     ad = torch.stack([c[1] for c in cand], dim=-1)
     vz, vd, mask = _vertices(la, ua, lb, ub, ld, ud)  # [..., V]
-    fv = _f(vz, vd)
-    resid = fv.unsqueeze(-2) - az.unsqueeze(-1) * vz.unsqueeze(-2) - ad.unsqueeze(-1) * vd.unsqueeze(-2)
-    m = mask.unsqueeze(-2)
-    inf = torch.tensor(float("inf"), dtype=la.dtype, device=la.device)
-    up_c = torch.where(m, resid, -inf).amax(dim=-1)  # [..., C]
-    lo_c = torch.where(m, resid, inf).amin(dim=-1)
+    # vertices outside the domain are replaced by a vertex inside it (every neuron has one), so that the extremes
+    # over all vertices are the extremes over the feasible ones; the residuals f - az z - ad delta at every
+    # (candidate, vertex) pair are then one batched product [C, 3] x [3, V]
+    first = mask.to(torch.int8).argmax(dim=-1, keepdim=True)
+    vz = torch.where(mask, vz, vz.gather(-1, first))
+    vd = torch.where(mask, vd, vd.gather(-1, first))
+    verts = torch.stack([vz, vd, _f(vz, vd)], dim=-2).flatten(0, -3)  # [U, 3, V]
+    slopes = torch.stack([-az, -ad, torch.ones_like(az)], dim=-1).flatten(0, -3)  # [U, C, 3]
+    resid = torch.bmm(slopes, verts).view(*az.shape, vz.shape[-1])  # [..., C, V]
+    up_c = resid.amax(dim=-1)  # [..., C]
+    lo_c = resid.amin(dim=-1)
     zc, dc = ((la + ua) / 2).unsqueeze(-1), ((ld + ud) / 2).unsqueeze(-1)
     up_val = az * zc + ad * dc + up_c
     lo_val = az * zc + ad * dc + lo_c
@@ -209,6 +214,9 @@ def _bdot(lam: Tensor, v: Tensor) -> Tensor:
 
 
 _FIELDS = ("la", "ua", "lb", "ub", "ld", "ud")
+
+#: branch and bound's boxes are bounded in this many groups of similar counts of unstable neurons
+BOX_GROUPS = 8
 
 
 def split_bounds(bounds: list[_LayerBounds]) -> Tensor:
@@ -247,6 +255,18 @@ def _concretize(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Te
     center = (upper + lower) / 2
     radius = (upper - lower) / 2
     return _bdot(coef, center) + _bdot(coef.abs(), radius) + const
+
+
+def _rdot(lam: Tensor, v: Tensor) -> Tensor:
+    """``[S, N, n] . [N, n] -> [S, N]`` (rows first)."""
+    return (lam * v).sum(dim=-1)
+
+
+def _concretize_rows(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """:func:`_concretize` rows first: ``coef`` ``[S, N, n]``, ``const`` ``[S, N]``, box ``[N, n]`` -> ``[S, N]``."""
+    center = (upper + lower) / 2
+    radius = (upper - lower) / 2
+    return _rdot(coef, center) + _rdot(coef.abs(), radius) + const
 
 
 def _pos_neg(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -394,52 +414,81 @@ class DiffBounder(SpecBounder):
         ub, neg_lb = out.split(s, dim=1)
         return -neg_lb, ub
 
-    # single-network CROWN --------------------------------------------------------------------------------------
+    # back-substitution ---------------------------------------------------------------------------------------
 
-    def _backsub_single(self, layers: list[DenseLayer], k: int, spec: Tensor, bounds: list[_LayerBounds], net: str,
-                        lower: Tensor, upper: Tensor) -> Tensor:
-        """Upper bound of ``spec @ z^k`` (``spec`` ``[N, S, n_k]``) for network ``net`` ('a' or 'b')."""
-        lam = spec
-        const = (lam @ layers[k].bias)
-        lam = (lam @ layers[k].weight)  # on h^{k-1}
+    def _backsub(self, k: int, p: Tensor, q: Tensor, const: Tensor, bounds: list[_LayerBounds],
+                 singles: tuple = ()):
+        """Back-substitute linear functions of layer ``k``'s inputs down to the network's input.
+
+        Rows first: ``(p, q, const)`` are coefficients ``[S, N, n]`` on ``(h_A^{k-1}, d^{k-1})`` and the constant
+        ``[S, N]`` of the differential chain, ``S`` functions for each of ``N`` boxes; ``singles``: up to one
+        ``(lam, const)`` per network (``(A, B)``, None to skip) of a single-network chain on ``h^{k-1}``, ``S``
+        rows each. Returns the same tuples on the input: ``(p, const)`` and the singles.
+
+        Each ReLU is crossed in sign-split form, ``lam -> lam * lo + lam^+ * (up - lo)`` (upper slopes where the
+        coefficient is positive, lower ones elsewhere). The weight products are shared: ``z_A``'s coefficient
+        ``lam_z @ W_A + lam_d @ (W_A - W_B)`` is computed as ``(lam_z + lam_d) @ W_A - lam_d @ W_B``, and the single
+        chains ride along in the same two products (one with each network's weights), as do the biases
+        (``lam_z . b_A + lam_d . db = (lam_z + lam_d) . b_A - lam_d . b_B``). With rows first, every per-box
+        relaxation broadcasts over the leading dimension and every slice written is contiguous.
+        """
+        la, lb = self.layers_a, self.layers_b
+        singles = list(singles) + [None] * (2 - len(singles))
+        n_rows, n_batch = p.shape[0], p.shape[1]
+        rows_a = n_rows * (2 if singles[0] is not None else 1)
+        rows_b = n_rows * (2 if singles[1] is not None else 1)
         for j in range(k - 1, -1, -1):
-            up_s, up_b, lo_s = bounds[j].relax_a if net == "a" else bounds[j].relax_b
-            const = const + _bdot(lam.clamp_min(0), up_b)
-            lam = lam * torch.where(lam > 0, up_s.unsqueeze(1), lo_s.unsqueeze(1))  # on z^j
-            const = const + (lam @ layers[j].bias)
-            lam = (lam @ layers[j].weight)
-        return _concretize(lam, const, lower, upper)
-
-    # differential CROWN ----------------------------------------------------------------------------------------
+            up_s, up_b, lo_s = bounds[j].relax_a
+            uz, ud_, uc, lz, ld_, lc = bounds[j].relax_d
+            n = p.shape[-1]
+            buf_a = p.new_empty(rows_a, n_batch, n)  # rows: lam_z + lam_d, then A's single chain
+            buf_b = p.new_empty(rows_b, n_batch, n)  # rows: lam_d, then B's single chain
+            # differential chain: (p, q) on (h_A, d) -> (lam_z, lam_d) on (z_A, delta) through the planes of f
+            p_pos, q_pos = p.clamp_min(0), q.clamp_min(0)
+            const = const + _rdot(p_pos, up_b) + _rdot(q_pos, uc - lc) + _rdot(q, lc)
+            lam_d = torch.addcmul(q * ld_, q_pos, ud_ - ld_, out=buf_b[:n_rows])
+            lam_z = torch.addcmul(p * lo_s, p_pos, up_s - lo_s)
+            lam_z.addcmul_(q, lz).addcmul_(q_pos, uz - lz)
+            torch.add(lam_z, lam_d, out=buf_a[:n_rows])
+            del p_pos, q_pos, lam_z
+            for net, item in enumerate(singles):
+                if item is None:
+                    continue
+                lam, c = item
+                up_s, up_b, lo_s = bounds[j].relax_a if net == 0 else bounds[j].relax_b
+                pos = lam.clamp_min(0)
+                out = (buf_a if net == 0 else buf_b)[n_rows:]
+                torch.addcmul(lam * lo_s, pos, up_s - lo_s, out=out)  # on z^j
+                singles[net] = (out, c + _rdot(pos, up_b))
+            # linear layer j: z_A^j = W_A h_A + b_A ; delta^j = W_B d + dW h_A + db ; z_B^j = W_B h_B + b_B
+            bias_a, bias_b = buf_a @ la[j].bias, buf_b @ lb[j].bias
+            const = const + bias_a[:n_rows] - bias_b[:n_rows]
+            prod_a, prod_b = buf_a @ la[j].weight, buf_b @ lb[j].weight
+            q = prod_b[:n_rows]
+            p = prod_a[:n_rows] - q
+            for net, prod, bias in ((0, prod_a, bias_a), (1, prod_b, bias_b)):
+                if singles[net] is not None:
+                    singles[net] = (prod[n_rows:], singles[net][1] + bias[n_rows:])
+        # at the input d^{-1} = 0 (both models see the same x): q drops out
+        return (p, const), tuple(singles)
 
     def _backsub_diff(self, k: int, spec_z: Tensor | None, spec_d: Tensor, bounds: list[_LayerBounds],
                       lower: Tensor, upper: Tensor, linear: bool = False):
         """Upper bound of ``spec_z @ z_A^k + spec_d @ delta^k`` over the box, ``[N, S]`` (with ``linear``: the
         linear upper bound in the input instead, ``(coef [N, S, n_in], const [N, S])``)."""
         la, lb = self.layers_a, self.layers_b
+        spec_d = spec_d.transpose(0, 1)  # rows first
         const = (spec_d @ self.db[k])
         p = (spec_d @ self.dw[k])  # on h_A^{k-1}
         q = (spec_d @ lb[k].weight)  # on d^{k-1}
         if spec_z is not None:
+            spec_z = spec_z.transpose(0, 1)
             const = const + (spec_z @ la[k].bias)
             p = p + (spec_z @ la[k].weight)
-        for j in range(k - 1, -1, -1):
-            up_s, up_b, lo_s = bounds[j].relax_a
-            uz, ud_, uc, lz, ld_, lc = bounds[j].relax_d
-            q_pos = q > 0
-            const = const + _bdot(p.clamp_min(0), up_b)
-            const = const + (q * torch.where(q_pos, uc.unsqueeze(1), lc.unsqueeze(1))).sum(dim=-1)
-            lam_z = p * torch.where(p > 0, up_s.unsqueeze(1), lo_s.unsqueeze(1)) \
-                + q * torch.where(q_pos, uz.unsqueeze(1), lz.unsqueeze(1))
-            lam_d = q * torch.where(q_pos, ud_.unsqueeze(1), ld_.unsqueeze(1))
-            # z_A^j = W_A h_A + b_A ; delta^j = W_B d + dW h_A + db
-            const = const + (lam_z @ la[j].bias) + (lam_d @ self.db[j])
-            p = (lam_z @ la[j].weight) + (lam_d @ self.dw[j])
-            q = (lam_d @ lb[j].weight)
-        # at the input d^{-1} = 0 (both models see the same x): q drops out
+        (p, const), _ = self._backsub(k, p.contiguous(), q.contiguous(), const, bounds)
         if linear:
-            return p, const
-        return _concretize(p, const, lower, upper)
+            return p.transpose(0, 1), const.T
+        return _concretize_rows(p, const, lower, upper).T
 
     def _eye(self, n_batch: int, n: int, like: Tensor) -> Tensor:
         return torch.eye(n, dtype=like.dtype, device=like.device).unsqueeze(0).expand(n_batch, n, n)
@@ -486,35 +535,52 @@ class DiffBounder(SpecBounder):
         """Back-substituted ``(ua, la, ub, lb, ud, ld)`` of layer ``k``. With ``parent`` (bounds valid on boxes
         containing these), each box bounds anew only the neurons unstable in A or B in its parent; the others keep
         their parent's bounds: a neuron stable in both networks has an exact relaxation whatever its bounds (see
-        :func:`diff_relaxation`), so tighter bounds would change nothing downstream."""
-        n_batch = lower.shape[0]
+        :func:`diff_relaxation`), so tighter bounds would change nothing downstream. The boxes are then taken in
+        :data:`BOX_GROUPS` groups of similar counts of such neurons, each group padded to its own largest count."""
         names = ("ua", "la", "ub", "lb", "ud", "ld")
-        idx = valid = None
-        if parent is not None:
-            need = ((parent.la < 0) & (parent.ua > 0)) | ((parent.lb < 0) & (parent.ub > 0))  # [N, n]
-            m = int(need.sum(dim=1).max())
+        if parent is None:
+            n_batch = lower.shape[0]
+            return self._neuron_bounds(k, torch.arange(n, device=lower.device).expand(n_batch, n), bounds,
+                                       lower, upper)
+        need = ((parent.la < 0) & (parent.ua > 0)) | ((parent.lb < 0) & (parent.ub > 0))  # [N, n]
+        counts = need.sum(dim=1)
+        full = [getattr(parent, f).clone() for f in names]
+        for group in torch.argsort(counts).tensor_split(BOX_GROUPS):
+            m = int(counts[group].max()) if len(group) else 0
             if m == 0:
-                return tuple(getattr(parent, f).clone() for f in names)
-            if m <= n // 2:  # per box: its unstable neurons first, padded with stable ones (bounds discarded)
-                idx = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :m]  # [N, m]
-                valid = need.gather(1, idx)
-        if idx is None:
-            spec, m = self._eye(n_batch, n, lower), n
-        else:
-            spec = torch.nn.functional.one_hot(idx, n).to(lower.dtype)  # [N, m, n]
-        both = torch.cat([spec, -spec], dim=1)  # upper and lower bounds in one pass
-        ua, la_ = self._backsub_single(self.layers_a, k, both, bounds, "a", lower, upper).split(m, dim=1)
-        ub, lb_ = self._backsub_single(self.layers_b, k, both, bounds, "b", lower, upper).split(m, dim=1)
-        ud, ld = self._backsub_diff(k, None, both, bounds, lower, upper).split(m, dim=1)
-        out = (ua, -la_, ub, -lb_, ud, -ld)
-        if idx is None:
-            return out
-        full = []
-        for f, v in zip(names, out):
-            t = getattr(parent, f).clone()
-            t.scatter_(1, idx, torch.where(valid, v, t.gather(1, idx)))
-            full.append(t)
+                continue
+            # per box: its unstable neurons first, padded with stable ones (their bounds are discarded)
+            idx = torch.argsort((~need[group]).to(torch.int8), dim=1, stable=True)[:, :m]  # [G, m]
+            valid = need[group].gather(1, idx)
+            sub = [_LayerBounds(*([None] * 6), relax_a=tuple(t[group] for t in b.relax_a),
+                                relax_b=tuple(t[group] for t in b.relax_b), relax_d=tuple(t[group] for t in b.relax_d))
+                   for b in bounds[:k]]
+            out = self._neuron_bounds(k, idx, sub, lower[group], upper[group])
+            rows = group.unsqueeze(1)
+            for t, v in zip(full, out):
+                t[rows, idx] = torch.where(valid, v, t[rows, idx])
         return tuple(full)
+
+    def _neuron_bounds(self, k: int, idx: Tensor, bounds: list[_LayerBounds], lower: Tensor, upper: Tensor):
+        """Back-substituted ``(ua, la, ub, lb, ud, ld)``, each ``[N, m]``, of the neurons ``idx`` ``[N, m]`` of
+        layer ``k`` in each box."""
+        la, lb = self.layers_a[k], self.layers_b[k]
+
+        def rows(t: Tensor) -> Tensor:  # the neurons' rows of a weight or bias, rows first: [m, N, ...]
+            return t[idx.T]
+
+        def both(t: Tensor) -> Tensor:  # upper and lower bounds in one pass: rows for +z and -z
+            return torch.cat([t, -t], dim=0)
+
+        w_b = both(rows(lb.weight))
+        singles = ((both(rows(la.weight)), both(rows(la.bias))), (w_b, both(rows(lb.bias))))
+        (p, c_d), ((p_a, c_a), (p_b, c_b)) = self._backsub(k, both(rows(self.dw[k])), w_b, both(rows(self.db[k])),
+                                                           bounds, singles)
+        m = idx.shape[1]
+        ua, la_ = _concretize_rows(p_a, c_a, lower, upper).T.split(m, dim=1)
+        ub, lb_ = _concretize_rows(p_b, c_b, lower, upper).T.split(m, dim=1)
+        ud, ld = _concretize_rows(p, c_d, lower, upper).T.split(m, dim=1)
+        return ua, -la_, ub, -lb_, ud, -ld
 
     def bound_spec(self, lower: Tensor, upper: Tensor, spec_d: Tensor, spec_z: Tensor | None = None,
                    bounds: list[_LayerBounds] | None = None) -> Tensor:

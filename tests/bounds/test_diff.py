@@ -133,3 +133,38 @@ def test_packed_bounds_round_trip_and_intersect():
     both = intersect_bounds(packed[0], packed[1])
     assert torch.equal(both[0::2], torch.maximum(packed[0, 0::2], packed[1, 0::2]))  # lower bounds: the larger
     assert torch.equal(both[1::2], torch.minimum(packed[0, 1::2], packed[1, 1::2]))  # upper bounds: the smaller
+
+
+@pytest.mark.parametrize("groups", [1, 3, 8])
+def test_children_bounded_in_groups_match_each_box_bounded_alone(monkeypatch, groups):
+    """A batch of children is bounded in groups of boxes with similar counts of unstable neurons, each group
+    padded to its own count: every box must get exactly what it gets bounded alone, whatever the grouping, and
+    its bounds must contain the activations of points of the box."""
+    from modeldiff.bounds import diff as diff_module
+
+    monkeypatch.setattr(diff_module, "BOX_GROUPS", groups)
+    a = mlp([3, 12, 12, 12, 2], 21, scale=1.5)
+    b = perturbed(a, 0.05, 22)
+    bounder = DiffBounder(a, b, (3,))
+    lo, hi = -torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    root = split_bounds(bounder.intermediate_bounds(lo, hi))
+    g = torch.Generator().manual_seed(3)
+    centre = -1 + 2 * torch.rand(11, 3, dtype=torch.float64, generator=g)
+    half = torch.tensor([1.0, 0.5, 0.2, 0.05, 0.0, 1.0, 0.3, 0.1, 0.6, 0.02, 0.4], dtype=torch.float64)
+    c_lo, c_hi = (centre - half.view(-1, 1)).clamp(-1, 1), (centre + half.view(-1, 1)).clamp(-1, 1)
+    parents = stack_bounds(root.expand(11, -1, -1).contiguous(), bounder.hidden_sizes)
+    together = split_bounds(bounder.intermediate_bounds(c_lo, c_hi, mode="backward", parent=parents))
+    for i in range(11):
+        alone = split_bounds(bounder.intermediate_bounds(c_lo[i:i + 1], c_hi[i:i + 1], mode="backward",
+                                                         parent=stack_bounds(root, bounder.hidden_sizes)))
+        torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-12, atol=1e-12)
+    x = c_lo + (c_hi - c_lo) * torch.rand(500, 11, 3, dtype=torch.float64, generator=g)  # [500, 11, 3]
+    ha = hb = x
+    bounds = stack_bounds(together, bounder.hidden_sizes)
+    for k, (la, lb) in enumerate(zip(bounder.layers_a[:-1], bounder.layers_b[:-1])):
+        z1, z2 = ha @ la.weight.T + la.bias, hb @ lb.weight.T + lb.bias
+        ha, hb = z1.relu(), z2.relu()
+        cb, tol = bounds[k], 1e-9
+        assert (z1 >= cb.la - tol).all() and (z1 <= cb.ua + tol).all()
+        assert (z2 >= cb.lb - tol).all() and (z2 <= cb.ub + tol).all()
+        assert (z1 - z2 >= cb.ld - tol).all() and (z1 - z2 <= cb.ud + tol).all()
