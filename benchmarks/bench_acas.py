@@ -18,6 +18,7 @@ Usage::
     python benchmarks/bench_acas.py --eps 0.05 --timeout 10            # all 143 pairs at eps 0.05
     python benchmarks/bench_acas.py --eps 0.01 --limit 30 --no-write   # a quick look
     python benchmarks/bench_acas.py --eps 0.01 --timeout 10 --threads 2 --section bench_acas_eps001
+    python benchmarks/bench_acas.py --eps 0.01 --timeout 60 --pairs prop1/2_5 prop1/4_9 --no-write
 """
 
 from __future__ import annotations
@@ -153,12 +154,18 @@ def main(argv: list[str]) -> None:
     p.add_argument("--method", choices=METHODS, default="diff", help="bound method (default diff)")
     p.add_argument("--timeout", type=float, default=30.0, help="time budget per pair in seconds (default 30)")
     p.add_argument("--limit", type=int, help="first N (property, network) pairs only")
+    p.add_argument("--pairs", nargs="+", metavar="NAME", help="only these pairs, named as printed (prop1/2_5 ...)")
     p.add_argument("--threads", type=int, help="torch threads (default 1)")
     p.add_argument("--section", default="bench_acas", help="section of RESULTS.md to write (default bench_acas)")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv[1:])
     torch.set_num_threads(args.threads or 1)
     jobs = suites.acas(args.limit)
+    if args.pairs:
+        unknown = sorted(set(args.pairs) - {j.name for j in jobs})
+        if unknown:
+            p.error(f"--pairs: no such pair(s) {', '.join(unknown)} (names look like prop1/2_5)")
+        jobs = [j for j in jobs if j.name in set(args.pairs)]
     rows = []
     for eps in args.eps or (0.05, 0.01):
         for job in jobs:
