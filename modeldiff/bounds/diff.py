@@ -380,6 +380,8 @@ class DiffBounder(SpecBounder):
         #: widths of the hidden layers (the layers whose bounds branch and bound keeps per box)
         self.hidden_sizes = [int(layer.weight.shape[0]) for layer in self.layers_a[:-1]]
         self.dw = [a.weight - b.weight for a, b in zip(self.layers_a, self.layers_b)]
+        #: fold the dW products into the W_A and W_B products (see :meth:`_backsub`): float64 only
+        self._fold = self.layers_a[0].weight.dtype == torch.float64
         self.db = [a.bias - b.bias for a, b in zip(self.layers_a, self.layers_b)]
         self._cache: tuple[Tensor, Tensor, list] | None = None
 
@@ -429,7 +431,8 @@ class DiffBounder(SpecBounder):
         coefficient is positive, lower ones elsewhere). The weight products are shared: ``z_A``'s coefficient
         ``lam_z @ W_A + lam_d @ (W_A - W_B)`` is computed as ``(lam_z + lam_d) @ W_A - lam_d @ W_B``, and the single
         chains ride along in the same two products (one with each network's weights), as do the biases
-        (``lam_z . b_A + lam_d . db = (lam_z + lam_d) . b_A - lam_d . b_B``). With rows first, every per-box
+        (``lam_z . b_A + lam_d . db = (lam_z + lam_d) . b_A - lam_d . b_B``); this folding is used in float64 only,
+        where the rounding of the two products is far below the dW terms (in float32 it is not). With rows first, every per-box
         relaxation broadcasts over the leading dimension and every slice written is contiguous.
         """
         la, lb = self.layers_a, self.layers_b
@@ -462,10 +465,15 @@ class DiffBounder(SpecBounder):
                 singles[net] = (out, c + _rdot(pos, up_b))
             # linear layer j: z_A^j = W_A h_A + b_A ; delta^j = W_B d + dW h_A + db ; z_B^j = W_B h_B + b_B
             bias_a, bias_b = buf_a @ la[j].bias, buf_b @ lb[j].bias
-            const = const + bias_a[:n_rows] - bias_b[:n_rows]
             prod_a, prod_b = buf_a @ la[j].weight, buf_b @ lb[j].weight
             q = prod_b[:n_rows]
-            p = prod_a[:n_rows] - q
+            if self._fold:
+                const = const + bias_a[:n_rows] - bias_b[:n_rows]
+                p = prod_a[:n_rows] - q
+            else:  # below float64 the difference of two products would drown the small dW terms: use dW itself
+                lam_z = buf_a[:n_rows] - lam_d
+                const = const + lam_z @ la[j].bias + lam_d @ self.db[j]
+                p = lam_z @ la[j].weight + lam_d @ self.dw[j]
             for net, prod, bias in ((0, prod_a, bias_a), (1, prod_b, bias_b)):
                 if singles[net] is not None:
                     singles[net] = (prod[n_rows:], singles[net][1] + bias[n_rows:])

@@ -168,3 +168,29 @@ def test_children_bounded_in_groups_match_each_box_bounded_alone(monkeypatch, gr
         assert (z1 >= cb.la - tol).all() and (z1 <= cb.ua + tol).all()
         assert (z2 >= cb.lb - tol).all() and (z2 <= cb.ub + tol).all()
         assert (z1 - z2 >= cb.ld - tol).all() and (z1 - z2 <= cb.ud + tol).all()
+
+
+def test_folded_weight_products_match_the_dw_products_and_float32_tracks_float64():
+    """In float64 the dW products are folded into the W_A and W_B products ((lam_z + lam_d) @ W_A - lam_d @ W_B);
+    that must give what the explicit dW products give. Float32 keeps the explicit products and must stay close to
+    float64 on a pair whose difference is float16 rounding."""
+    a = mlp([6, 40, 40, 40, 3], 5, scale=1.0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for prm in b.parameters():
+            prm.copy_(prm.half().double())
+    lo, hi = -0.3 * torch.ones(4, 6, dtype=torch.float64), 0.3 * torch.ones(4, 6, dtype=torch.float64)
+    lo[1:, 0] = 0.0
+    folded = DiffBounder(a, b, (6,))
+    assert folded._fold
+    explicit = DiffBounder(a, b, (6,))
+    explicit._fold = False
+    l64, u64 = folded.delta_bounds(lo, hi)
+    le, ue = explicit.delta_bounds(lo, hi)
+    torch.testing.assert_close(u64, ue, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(l64, le, rtol=1e-9, atol=1e-15)
+    b32 = DiffBounder(copy.deepcopy(a).float(), copy.deepcopy(b).float(), (6,))
+    assert not b32._fold
+    l32, u32 = b32.delta_bounds(lo.float(), hi.float())
+    torch.testing.assert_close(u32.double(), u64, rtol=1e-3, atol=1e-7)
+    torch.testing.assert_close(l32.double(), l64, rtol=1e-3, atol=1e-7)
