@@ -573,6 +573,14 @@ class DiffBounder(SpecBounder):
         """Back-substituted ``(ua, la, ub, lb, ud, ld)``, each ``[N, m]``, of the neurons ``idx`` ``[N, m]`` of
         layer ``k`` in each box."""
         la, lb = self.layers_a[k], self.layers_b[k]
+        if k == 0:  # linear in the input: interval arithmetic on the whole layer, no rows per box
+            center, radius = (upper + lower) / 2, (upper - lower) / 2
+
+            def exact(w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+                mid, rad = center @ w.T + b, radius @ w.abs().T
+                return (mid + rad).gather(1, idx), (mid - rad).gather(1, idx)
+
+            return (*exact(la.weight, la.bias), *exact(lb.weight, lb.bias), *exact(self.dw[0], self.db[0]))
 
         def rows(t: Tensor) -> Tensor:  # the neurons' rows of a weight or bias, rows first: [m, N, ...]
             return t[idx.T]
