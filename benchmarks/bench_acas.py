@@ -162,10 +162,11 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(args.threads or 1)
     jobs = suites.acas(args.limit)
     if args.pairs:
-        unknown = sorted(set(args.pairs) - {j.name for j in jobs})
+        wanted = set(args.pairs)
+        unknown = sorted(wanted - {j.name for j in jobs})
         if unknown:
             p.error(f"--pairs: no such pair(s) {', '.join(unknown)} (names look like prop1/2_5)")
-        jobs = [j for j in jobs if j.name in set(args.pairs)]
+        jobs = [j for j in jobs if j.name in wanted]
     rows = []
     for eps in args.eps or (0.05, 0.01):
         for job in jobs:

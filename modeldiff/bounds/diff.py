@@ -208,11 +208,6 @@ class _LayerBounds:
     relax_d: tuple = field(default=())
 
 
-def _bdot(lam: Tensor, v: Tensor) -> Tensor:
-    """``[N, S, n] x [N, n] -> [N, S]``."""
-    return torch.bmm(lam, v.unsqueeze(-1)).squeeze(-1)
-
-
 _FIELDS = ("la", "ua", "lb", "ub", "ld", "ud")
 
 #: branch and bound's boxes are bounded in this many groups of similar counts of unstable neurons
@@ -250,20 +245,14 @@ def _relax(b: _LayerBounds) -> None:
     b.relax_d = diff_relaxation(b.la, b.ua, b.lb, b.ub, b.ld, b.ud)
 
 
-def _concretize(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """``max_x coef @ x + const`` over the box: ``[N, S]``. ``coef`` ``[N, S, n]``, box ``[N, n]``."""
-    center = (upper + lower) / 2
-    radius = (upper - lower) / 2
-    return _bdot(coef, center) + _bdot(coef.abs(), radius) + const
-
-
 def _rdot(lam: Tensor, v: Tensor) -> Tensor:
     """``[S, N, n] . [N, n] -> [S, N]`` (rows first)."""
     return (lam * v).sum(dim=-1)
 
 
 def _concretize_rows(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """:func:`_concretize` rows first: ``coef`` ``[S, N, n]``, ``const`` ``[S, N]``, box ``[N, n]`` -> ``[S, N]``."""
+    """``max_x coef @ x + const`` over each box, rows first: ``coef`` ``[S, N, n]``, ``const`` ``[S, N]``, box
+    ``[N, n]`` -> ``[S, N]``."""
     center = (upper + lower) / 2
     radius = (upper - lower) / 2
     return _rdot(coef, center) + _rdot(coef.abs(), radius) + const
@@ -345,8 +334,10 @@ class _Forward:
         self.prev = (za[0], za[1], zb[0], zb[1], dd[0], dd[1])
         lo, hi = self.lower, self.upper
 
-        def conc(up, low):
-            return _concretize(up[0], up[1], lo, hi), -_concretize(-low[0], -low[1], lo, hi)
+        def conc(up, low):  # linear functions [N, n_out, d] -> their extremes over the boxes, [N, n_out]
+            upper = _concretize_rows(up[0].transpose(0, 1), up[1].T, lo, hi).T
+            lower = -_concretize_rows(-low[0].transpose(0, 1), -low[1].T, lo, hi).T
+            return upper, lower
 
         ua, la = conc(*za)
         ub, lb = conc(*zb)
@@ -432,8 +423,8 @@ class DiffBounder(SpecBounder):
         ``lam_z @ W_A + lam_d @ (W_A - W_B)`` is computed as ``(lam_z + lam_d) @ W_A - lam_d @ W_B``, and the single
         chains ride along in the same two products (one with each network's weights), as do the biases
         (``lam_z . b_A + lam_d . db = (lam_z + lam_d) . b_A - lam_d . b_B``); this folding is used in float64 only,
-        where the rounding of the two products is far below the dW terms (in float32 it is not). With rows first, every per-box
-        relaxation broadcasts over the leading dimension and every slice written is contiguous.
+        where the rounding of the two products is far below the dW terms (in float32 it is not). With rows first,
+        every per-box relaxation broadcasts over the leading dimension and every slice written is contiguous.
         """
         la, lb = self.layers_a, self.layers_b
         singles = list(singles) + [None] * (2 - len(singles))
