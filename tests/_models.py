@@ -32,6 +32,21 @@ def perturbed(model: nn.Module, rel: float, seed: int) -> nn.Module:
     return out.eval()
 
 
+def pruned(model: nn.Sequential, frac: float, seed: int) -> nn.Sequential:
+    """A copy of an :func:`mlp` with ``frac`` of each hidden layer's neurons removed (weight row and bias zeroed)."""
+    import copy
+
+    g = torch.Generator().manual_seed(seed)
+    out = copy.deepcopy(model)
+    linears = [m for m in out if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for lin in linears[:-1]:
+            drop = torch.rand(lin.out_features, generator=g) < frac
+            lin.weight[drop] = 0.0
+            lin.bias[drop] = 0.0
+    return out.eval()
+
+
 class SmallCNN(nn.Module):
     """1x6x6 -> conv(2, 3x3) -> BN -> ReLU -> conv -> ReLU (+ residual add) -> avgpool(2) -> flatten -> linear(3)."""
 

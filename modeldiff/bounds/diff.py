@@ -134,7 +134,9 @@ def diff_relaxation(la: Tensor, ua: Tensor, lb: Tensor, ub: Tensor, ld: Tensor, 
     a_on, a_off, b_on, b_off = la >= 0, ua <= 0, lb >= 0, ub <= 0
     stable = (a_on | a_off) & (b_on | b_off)
     one, zero = torch.ones_like(la), torch.zeros_like(la)
-    # exact: both on -> delta; both off -> 0; A on, B off -> z; A off, B on -> delta - z
+    # exact: both on -> delta; both off -> 0; A on, B off -> z; A off, B on -> delta - z. A z_B that is exactly 0
+    # (a pruned neuron: on and off) counts as off; on would add relu(z_B) = z - delta a second time.
+    b_on = b_on & ~b_off
     ez = torch.where(a_on & b_off, one, torch.where(a_off & b_on, -one, zero))
     ed = torch.where(b_on, one, zero)
     out = [ez, ed, zero.clone(), ez.clone(), ed.clone(), zero.clone()]

@@ -62,6 +62,42 @@ def test_relaxation_planes_bound_f_on_random_domains():
     assert (f >= lz * z + ldd * d + lc - 1e-12).all()
 
 
+def test_relaxation_bounds_f_on_degenerate_domains():
+    # bounds exactly at 0 or of zero width (a pruned neuron has z == 0, a point region has la == ua): every stable
+    # case must be exact, in particular z_B == 0 with A on (once counted B as on as well, giving f = 2 z)
+    ends = torch.tensor([-2.0, -1.0, 0.0, 0.0, 1.0, 2.0], dtype=torch.float64)
+    pairs = [(lo, hi) for lo in ends for hi in ends if lo <= hi]
+    la, ua, lb, ub = (torch.tensor(v, dtype=torch.float64)
+                      for v in zip(*[(a0, a1, b0, b1) for a0, a1 in pairs for b0, b1 in pairs]))
+    ld, ud = la - ub, ua - lb
+    planes = diff_relaxation(la, ua, lb, ub, ld, ud)
+    g = torch.Generator().manual_seed(0)
+    t, s = (torch.rand(300, la.numel(), generator=g, dtype=torch.float64) for _ in range(2))
+    t[:4], s[:4] = torch.tensor([[0.0], [0.0], [1.0], [1.0]]), torch.tensor([[0.0], [1.0], [0.0], [1.0]])
+    za, zb = la + (ua - la) * t, lb + (ub - lb) * s
+    d = za - zb
+    f = torch.relu(za) - torch.relu(zb)
+    uz, udd, uc, lz, ldd, lc = planes
+    assert (f <= uz * za + udd * d + uc + 1e-12).all() and (f >= lz * za + ldd * d + lc - 1e-12).all()
+
+
+def test_pruned_neuron_is_bounded_soundly():
+    a = mlp([3, 6, 6, 2], 0)
+    with torch.no_grad():
+        a[0].bias[2] = 5.0  # neuron 2 is on over the whole region in A
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[0].weight[2], b[0].bias[2] = 0.0, 0.0  # and pruned in B: z_B == 0 exactly
+    x = torch.rand(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for eps in (0.0, 0.1):
+        region = ball(x, eps)
+        result = modeldiff.bound(a, b, region, "delta", "diff")
+        pts = region.sample(500, generator=torch.Generator().manual_seed(2)).flatten(0, 1)
+        with torch.no_grad():
+            d = (a(pts) - b(pts)).view(500, 4, -1)
+        assert (d <= result.delta_upper + 1e-9).all() and (d >= result.delta_lower - 1e-9).all()
+
+
 def test_linearize_merges_affine_ops_and_refuses_other_graphs():
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double()
     layers = linearize(net, (2, 2))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import modeldiff
 from modeldiff.divergences import DIVERGENCES, get_divergence
 from modeldiff.regions import ball
-from tests._models import SmallCNN, mlp, perturbed
+from tests._models import SmallCNN, mlp, perturbed, pruned
 
 METHOD_EXAMPLES = {"ibp": 8, "crown": 10, "alpha-crown": 3, "diff": 25}
 TOL = 1e-9
@@ -59,6 +59,8 @@ def _pair(kind: str, seed: int, nearly_same: bool, residual: bool = True):
     sizes = [d_in] + [hidden] * depth + [k]
     act = torch.nn.Tanh if kind == "tanh" else torch.nn.ReLU
     a = mlp(sizes, seed, act=act, scale=2.0)
+    if kind == "pruned":  # B: A (or a perturbed copy) with about a third of its hidden neurons removed (zero rows)
+        return a, pruned(a if nearly_same else perturbed(a, 0.05, seed + 2), 1 / 3, seed + 1), (d_in,)
     b = perturbed(a, 0.05, seed + 1) if nearly_same else mlp(sizes, seed + 7, act=act, scale=2.0)
     return a, b, (d_in,)
 
@@ -114,10 +116,10 @@ def _check(a, b, shape, divergence, method, eps, seed):
 
 def _kinds(method: str, divergence: str) -> list[str]:
     if method == "diff":  # chains of affine layers and ReLUs only
-        return ["relu", "relu", "cnn"]
+        return ["relu", "relu", "pruned", "cnn"]
     if divergence == "tv":  # auto_LiRPA's tanh set-up costs seconds per node; tv traces two graphs
-        return ["relu", "relu", "cnn"]
-    return ["relu", "relu", "tanh", "cnn"]
+        return ["relu", "relu", "pruned", "cnn"]
+    return ["relu", "relu", "pruned", "tanh", "cnn"]
 
 
 @pytest.mark.parametrize("method", list(METHOD_EXAMPLES))
