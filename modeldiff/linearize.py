@@ -1,10 +1,12 @@
 """Read a model as a chain ``affine -> ReLU -> affine -> ... -> affine`` of dense layers.
 
 The differential bound (:mod:`modeldiff.bounds.diff`) works on that form. A model is traced with
-:func:`torch.fx.symbolic_trace`; it qualifies when its graph is a single chain whose ops are ReLU or affine
-(Linear, Conv1d/2d, BatchNorm in eval, average pooling, Flatten/reshape keeping the batch dimension, Identity,
-Dropout in eval, and add/sub/mul/div by constants such as an input normalisation). Consecutive affine ops are
-merged into one dense matrix by evaluating them on the basis vectors, so any mix of them becomes ``W x + b``.
+:func:`torch.fx.symbolic_trace`; it qualifies when its graph has one input and one output and its ops are ReLU or
+affine (Linear, Conv1d/2d, BatchNorm in eval, average pooling, Flatten/reshape keeping the batch dimension,
+Identity, Dropout in eval, add/sub/mul/div by constants such as an input normalisation, and the sum or difference
+of two computed values of the same shape: residual connections). The affine ops between two ReLU layers are merged
+into one dense matrix by evaluating them on the basis vectors, so any mix of them becomes ``W x + b``. A value read
+again after ReLUs it skipped is carried through them (see :func:`linearize`).
 
 A model loaded from a ``.pt2`` file (:class:`~modeldiff.loading.ExportedModule`) is not traced again: the ATen
 graph of its exported program is read directly (:func:`_aten_step` lists the ops understood there: linear, addmm,
@@ -31,7 +33,7 @@ from torch._ops import OpOverload
 
 from modeldiff.loading import ExportedModule
 
-__all__ = ["DenseLayer", "NotLinearizable", "linearize"]
+__all__ = ["DenseLayer", "NotLinearizable", "activate", "linearize"]
 
 _AFFINE_MODULES = (
     nn.Linear,
@@ -85,15 +87,23 @@ MAX_FEATURES = 20_000
 
 
 class NotLinearizable(Exception):
-    """The model is not a chain of affine ops and ReLUs (the message says why)."""
+    """The model is not made of affine ops and ReLUs (the message says why)."""
 
 
 @dataclass(frozen=True)
 class DenseLayer:
-    """``y = weight @ x + bias`` on flattened features; ``weight`` is ``[out, in]``."""
+    """``y = weight @ x + bias`` on flattened features; ``weight`` is ``[out, in]``. ``identity``: ``[out]`` mask of
+    the outputs that the ReLU after this layer leaves as they are (values carried past a ReLU layer by a residual
+    connection), or None: see :func:`activate`."""
 
     weight: Tensor
     bias: Tensor
+    identity: Tensor | None = None
+
+
+def activate(h: Tensor, layer: DenseLayer) -> Tensor:
+    """The activation after ``layer`` on its outputs ``h`` ``[..., out]``: ReLU, except on carried outputs."""
+    return torch.relu(h) if layer.identity is None else torch.where(layer.identity, h, torch.relu(h))
 
 
 class _Leaf(fx.Tracer):
@@ -297,86 +307,211 @@ def _aten_checked(target: OpOverload, name: str, args: tuple, kwargs: dict, x: T
     return y
 
 
-def _dense(fns: list[Callable[[Tensor], Tensor]], in_shape: tuple[int, ...], dtype, device) -> tuple[DenseLayer, tuple]:
-    """Evaluate a block of affine functions on the basis vectors: ``W``, ``b`` and the output shape."""
-    n_in = 1
-    for s in in_shape:
-        n_in *= s
-    if n_in > MAX_FEATURES:
-        raise NotLinearizable(f"a layer has {n_in} input features (more than {MAX_FEATURES})")
-    basis = torch.cat([torch.zeros(1, n_in, dtype=dtype, device=device), torch.eye(n_in, dtype=dtype, device=device)])
-    y = basis.reshape(n_in + 1, *in_shape)
-    with torch.no_grad():
-        for fn in fns:
-            y = fn(y)
-    if y.shape[0] != n_in + 1:
-        raise NotLinearizable("an affine op changes the batch dimension")
-    out_shape = tuple(y.shape[1:])
-    flat = y.reshape(n_in + 1, -1)
-    if flat.shape[1] > MAX_FEATURES:
-        raise NotLinearizable(f"a layer has {flat.shape[1]} features (more than {MAX_FEATURES})")
-    bias = flat[0]
-    weight = (flat[1:] - bias).T.contiguous()
-    return DenseLayer(weight=weight, bias=bias.clone()), out_shape
-
-
 def linearize(model: nn.Module, input_shape: tuple[int, ...]) -> list[DenseLayer]:
     """The dense layers of ``model`` (ReLU between consecutive layers, none after the last).
+
+    Residual connections are allowed: a value computed before a ReLU and used again after it (``relu(f(h)) + h``,
+    ``x + g(x)``) is carried through the layers in between as extra outputs that the ReLU leaves as they are
+    (:attr:`DenseLayer.identity`). Chains get no extra outputs.
 
     Args:
         model: a model in eval mode; its parameters' dtype is used.
         input_shape: shape of one input, without the batch dimension.
 
     Returns:
-        ``[L_1, ..., L_k]``: ``model(x) = L_k(relu(... relu(L_1(x.flatten()))))``, each ``weight`` ``[out, in]``.
+        ``[L_1, ..., L_k]``: ``model(x) = L_k(act(... act(L_1(x.flatten()))))``, each ``weight`` ``[out, in]``,
+        ``act`` the ReLU after each layer (:func:`activate`).
 
     Raises:
-        NotLinearizable: the model is not such a chain (the message names the offending op).
+        NotLinearizable: the model is not such a network (the message names the offending op).
     """
     gm = _graph_module(model)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float64
     device = param.device if param is not None else torch.device("cpu")
+    graph = _Graph(gm)
     layers: list[DenseLayer] = []
-    shape = tuple(input_shape)
-    for block in _blocks(gm):
-        layer, shape = _dense(block, shape, dtype, device)
+    present = [_Slot(graph.input, tuple(input_shape))]  # what the state between layers holds
+    for level in range(1, graph.depth + 2):
+        layer, present = graph.layer(level, present, dtype, device)
         layers.append(layer)
     return layers
 
 
-def _blocks(gm: fx.GraphModule) -> list[list[Callable[[Tensor], Tensor]]]:
-    """The chain's affine functions, split into blocks at each ReLU."""
-    roles = _roles(gm.graph)
-    blocks: list[list[Callable]] = [[]]
-    current: fx.Node | None = None
-    output_seen = False
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            if current is not None:
-                raise NotLinearizable("the model takes more than one input")
-            current = node
-            continue
-        if node.op == "output":
-            if _returned(gm, node) is not current:
-                raise NotLinearizable("the model's output is not the end of the chain")
-            output_seen = True
-            continue
-        if roles[node] != "chain":
-            continue
-        kind, fn = _step(gm, node, current, roles)
-        if kind == "relu":
-            blocks.append([])
-        else:
-            blocks[-1].append(fn)
-        current = node
-    if not output_seen or current is None:
-        raise NotLinearizable("the model has no output")
-    for node in gm.graph.nodes:
-        if node.op != "output" and roles[node] == "chain":
-            if len([u for u in node.users if roles[u] not in ("batch", "check")]) > 1:
-                raise NotLinearizable(f"value {node.name} is used twice (residual connections are not a chain)")
-    return blocks
+@dataclass
+class _Slot:
+    """One value held in the state between two layers: an atom (the input or a ReLU output) and its shape."""
+
+    node: fx.Node
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class _Graph:
+    """A traced model read as ReLUs (atoms, by depth) and affine ops (each a function of its computed inputs)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        roles = _roles(gm.graph)
+        self.input: fx.Node | None = None
+        self.steps: dict[fx.Node, tuple[str, Callable[..., Tensor], list[fx.Node]]] = {}
+        self.output: fx.Node | None = None
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                if self.input is not None:
+                    raise NotLinearizable("the model takes more than one input")
+                self.input = node
+            elif node.op == "output":
+                value = _returned(gm, node)
+                if not (isinstance(value, fx.Node) and (value in self.steps or value is self.input)):
+                    raise NotLinearizable("the model's output is not the end of the chain")
+                self.output = value
+            elif roles[node] == "chain":
+                computed = list(dict.fromkeys(n for n in node.all_input_nodes if roles[n] == "chain"))
+                if len(computed) == 1:
+                    kind, fn = _step(gm, node, computed[0], roles)
+                elif len(computed) == 2:
+                    kind, fn = "affine", _join(gm, node, computed, roles)
+                else:
+                    raise NotLinearizable(f"op {node.name} is not a chain step")
+                self.steps[node] = (kind, fn, computed)
+        if self.input is None or self.output is None:
+            raise NotLinearizable("the model has no output")
+        for node, (kind, _, inputs) in self.steps.items():
+            shared = [u for u in inputs[0].users if u is not node and u in self.steps or u.op == "output"]
+            if kind == "relu" and _inplace(gm, node) and shared:
+                raise NotLinearizable(f"the in-place ReLU {node.name} overwrites a value that is used again")
+        # depth of each live value: the most ReLUs on a path from the input (a ReLU output is an atom)
+        live, stack = set(), [self.output]
+        while stack:
+            n = stack.pop()
+            if n not in live:
+                live.add(n)
+                stack.extend(self.steps[n][2] if n in self.steps else [])
+        self.order = [n for n in gm.graph.nodes if n in live]
+        self.level = {self.input: 0}
+        for n in self.order:
+            if n in self.steps:
+                kind, _, inputs = self.steps[n]
+                self.level[n] = max(self.level[i] for i in inputs) + (kind == "relu")
+        self.relus = [n for n in self.order if n in self.steps and self.steps[n][0] == "relu"]
+        self.depth = max((self.level[n] for n in self.relus), default=0)
+        # last layer that reads each atom (layer l computes the ReLUs of level l; layer depth + 1 the output)
+        self.last_use: dict[fx.Node, int] = {}
+        for target, layer in [(r, self.level[r]) for r in self.relus] + [(self.output, self.depth + 1)]:
+            for atom in self._atoms(self.steps[target][2][0] if target in self.relus else target):
+                self.last_use[atom] = max(self.last_use.get(atom, 0), layer)
+
+    def _is_atom(self, n: fx.Node) -> bool:
+        return n is self.input or (n in self.steps and self.steps[n][0] == "relu")
+
+    def _atoms(self, node: fx.Node) -> set[fx.Node]:
+        """The atoms an affine value is computed from (through affine ops only)."""
+        out, stack, seen = set(), [node], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if self._is_atom(n):
+                out.add(n)
+            else:
+                stack.extend(self.steps[n][2])
+        return out
+
+    def _evaluate(self, env: dict[fx.Node, Tensor], targets: list[fx.Node]) -> list[Tensor]:
+        needed, stack = set(), list(targets)
+        while stack:
+            n = stack.pop()
+            if n not in needed and n not in env:
+                if self._is_atom(n):  # an atom is read from the state, never computed
+                    raise NotLinearizable(f"internal: value {n.name} is not carried to this layer")
+                needed.add(n)
+                stack.extend(self.steps[n][2])
+        with torch.no_grad():
+            for n in self.order:
+                if n in needed:
+                    _, fn, inputs = self.steps[n]
+                    env[n] = fn(*[env[i] for i in inputs])
+        return [env[t] for t in targets]
+
+    def layer(self, level: int, present: list[_Slot], dtype, device) -> tuple[DenseLayer, list[_Slot]]:
+        """Layer ``level``: the dense map from the state ``present`` to the next layer's pre-activations (the
+        ReLUs of this level, then the carried atoms; the model's output after the last ReLU), and the next state."""
+        n_in = sum(slot.size for slot in present)
+        if n_in > MAX_FEATURES:
+            raise NotLinearizable(f"a layer has {n_in} input features (more than {MAX_FEATURES})")
+        basis = torch.cat([torch.zeros(1, n_in, dtype=dtype, device=device),
+                           torch.eye(n_in, dtype=dtype, device=device)])
+        env: dict[fx.Node, Tensor] = {}
+        for slot, part in zip(present, basis.split([slot.size for slot in present], dim=1)):
+            env[slot.node] = part.reshape(n_in + 1, *slot.shape)
+        if level > self.depth:
+            (out,) = self._evaluate(env, [self.output])
+            return _dense_rows([out], n_in), []
+        relus = [r for r in self.relus if self.level[r] == level]
+        values = self._evaluate(env, [self.steps[r][2][0] for r in relus])
+        slots = [_Slot(r, tuple(v.shape[1:])) for r, v in zip(relus, values)]
+        carried = [torch.zeros(v[0].numel(), dtype=torch.bool, device=device) for v in values]
+        for slot in present:
+            if self.last_use.get(slot.node, 0) > level:  # still read after this layer: carry it past the ReLU
+                slots.append(slot)
+                values.append(env[slot.node])
+                carried.append(torch.ones(slot.size, dtype=torch.bool, device=device))
+        layer = _dense_rows(values, n_in)
+        mask = torch.cat(carried)
+        return DenseLayer(layer.weight, layer.bias, mask if bool(mask.any()) else None), slots
+
+
+def _inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether a ReLU node overwrites its input (in eager mode; the graph treats every op as pure)."""
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    return node.kwargs.get("inplace") is True or (len(node.args) > 1 and node.args[1] is True)
+
+
+def _dense_rows(values: list[Tensor], n_in: int) -> DenseLayer:
+    """The dense layer whose outputs are ``values`` evaluated on the basis (row 0: zero, row i: e_i)."""
+    for v in values:
+        if v.dim() == 0 or v.shape[0] != n_in + 1:
+            raise NotLinearizable("an affine op changes the batch dimension")
+    flat = torch.cat([v.reshape(n_in + 1, -1) for v in values], dim=1)
+    if flat.shape[1] > MAX_FEATURES:
+        raise NotLinearizable(f"a layer has {flat.shape[1]} features (more than {MAX_FEATURES})")
+    bias = flat[0]
+    return DenseLayer(weight=(flat[1:] - bias).T.contiguous(), bias=bias.clone())
+
+
+_JOIN_FUNCTIONS = {operator.add, operator.sub, torch.add, torch.sub}
+_JOIN_ATEN = {_ATEN.add.Tensor, _ATEN.sub.Tensor}
+
+
+def _join(gm: fx.GraphModule, node: fx.Node, computed: list[fx.Node],
+          roles: dict[fx.Node, str]) -> Callable[[Tensor, Tensor], Tensor]:  # fmt: skip
+    """``node`` adding or subtracting two computed values (a residual connection): its function of both."""
+    target = node.target
+    ok = (node.op == "call_function" and (target in _JOIN_FUNCTIONS or target in _JOIN_ATEN)) or (
+        node.op == "call_method" and target in ("add", "sub"))
+    args = list(node.args)
+    if not ok or sum(any(a is c for c in computed) for a in args[:2]) != 2 or len(args) > 2:
+        raise NotLinearizable(f"op {_op_name(target)} ({node.name}) mixes two computed values (only add and sub may)")
+    aten = target in _JOIN_ATEN
+
+    def call(x: Tensor, y: Tensor) -> Tensor:
+        env = {computed[0]: x, computed[1]: y}
+        a = [env[v] for v in args]
+        kw = {k: _const(gm, v, roles if aten else None, x.shape[0]) for k, v in node.kwargs.items()}
+        out = getattr(a[0], target)(a[1], **kw) if node.op == "call_method" else target(*a, **kw)
+        if out.dim() == 0 or out.shape[0] != x.shape[0] or x.shape != y.shape:
+            raise NotLinearizable(f"op {_op_name(target)} ({node.name}) broadcasts one computed value over another")
+        return out
+
+    return call
 
 
 def _returned(gm: fx.GraphModule, node: fx.Node) -> Any:

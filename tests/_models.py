@@ -68,3 +68,50 @@ class SmallCNN(nn.Module):
         h = torch.relu(self.bn(self.conv(x)))
         h = torch.relu(self.conv2(h)) + h if self.residual else torch.relu(self.conv2(h))
         return self.fc(torch.flatten(self.pool(h), 1))
+
+
+class ResMLP(nn.Module):
+    """``x -> h1 = relu(fc1 x) -> h2 = relu(fc2 h1) + h1 -> fc3 h2 + skip x``: a ReLU output skipping one layer and the
+    input skipping both (the residual forms :func:`modeldiff.linearize.linearize` carries)."""
+
+    def __init__(self, d_in: int, hidden: int, k: int, seed: int, scale: float = 2.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc1, self.fc2 = nn.Linear(d_in, hidden), nn.Linear(hidden, hidden)
+        self.fc3, self.skip = nn.Linear(hidden, k), nn.Linear(d_in, k)
+        with torch.no_grad():
+            for lin in (self.fc1, self.fc2, self.fc3, self.skip):
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * scale / lin.in_features**0.5)
+                lin.bias.copy_(torch.randn(lin.bias.shape, generator=g) * 0.1)
+        self.double().eval()
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        h = torch.relu(self.fc2(h)) + h
+        return self.fc3(h) + self.skip(x)
+
+
+class BasicBlockNet(nn.Module):
+    """1x5x5 -> conv -> ReLU -> a torchvision-style basic block (conv-BN-ReLU-conv-BN, ``out += identity``, in-place
+    ReLU) -> flatten -> linear(3)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
+        self.c1, self.b1 = nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2)
+        self.c2, self.b2 = nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(2 * 5 * 5, 3)
+        with torch.no_grad():
+            for bn in (self.b1, self.b2):
+                bn.running_mean.uniform_(-0.2, 0.2)
+                bn.running_var.uniform_(0.5, 1.5)
+        self.double().eval()
+
+    def forward(self, x):
+        identity = self.stem(x)
+        out = self.relu(self.b1(self.c1(identity)))
+        out = self.b2(self.c2(out))
+        out += identity
+        return self.fc(torch.flatten(self.relu(out), 1))

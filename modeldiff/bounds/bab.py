@@ -142,7 +142,8 @@ def _smear(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor) -> Ten
     outs = [objective.output_index] if objective.output_index is not None else list(range(k))
     eye = torch.eye(k, dtype=lo.dtype, device=lo.device)[outs]
     spec = torch.cat([eye, -eye]).unsqueeze(0).expand(n, -1, -1)
-    coef, const = bounder.linear_bound(lo, hi, spec, stack_bounds(states, bounder.hidden_sizes, relax=True))
+    coef, const = bounder.linear_bound(lo, hi, spec, stack_bounds(states, bounder.hidden_sizes, relax=True,
+                                                                 identity=bounder.identity))
     flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
     mid, rad = (flat_lo + flat_hi) / 2, (flat_hi - flat_lo) / 2
     upper = (coef @ mid.unsqueeze(-1)).squeeze(-1) + (coef.abs() @ rad.unsqueeze(-1)).squeeze(-1) + const

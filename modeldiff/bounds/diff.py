@@ -1,8 +1,8 @@
 """Differential bound propagation: bounds on ``A(x) - B(x)`` that carry the *difference* through the network.
 
 For two networks of the same shape (a fine-tuned, quantised or pruned copy), written as dense chains
-(:func:`~modeldiff.bounds.linearize.linearize`), with pre-activations ``z_A``, ``z_B``, their difference
-``delta = z_A - z_B``, post-activations ``h_A = relu(z_A)`` and ``d = h_A - h_B``:
+(:func:`~modeldiff.linearize.linearize`; a residual connection becomes extra neurons carried through the ReLU
+layers it skips), with pre-activations ``z_A``, ``z_B``, their difference ``delta = z_A - z_B``, post-activations ``h_A = relu(z_A)`` and ``d = h_A - h_B``:
 
 * a linear layer maps ``(h_A, d)`` to ``z_A = W_A h_A + b_A`` and
   ``delta = W_B d + (W_A - W_B) h_A + (b_A - b_B)``;
@@ -65,6 +65,9 @@ def _pair_layers(model_a, model_b, input_shape):
             "the models differ in architecture: layer shapes "
             f"{[tuple(x.weight.shape) for x in la]} vs {[tuple(y.weight.shape) for y in lb]}"
         )
+    if any((x.identity is None) != (y.identity is None)
+           or (x.identity is not None and not torch.equal(x.identity, y.identity)) for x, y in zip(la, lb)):
+        raise NotApplicable("the models differ in architecture: their residual connections differ")
     return la, lb
 
 
@@ -231,20 +234,33 @@ def intersect_bounds(x: Tensor, y: Tensor) -> Tensor:
     return torch.where(LOWER_ROWS.to(x.device), torch.maximum(x, y), torch.minimum(x, y))
 
 
-def stack_bounds(packed: Tensor, sizes: list[int], relax: bool = False) -> list[_LayerBounds]:
+def stack_bounds(packed: Tensor, sizes: list[int], relax: bool = False,
+                 identity: list[Tensor | None] | None = None) -> list[_LayerBounds]:
     """Inverse of :func:`split_bounds` (``sizes``: the hidden layers' widths); the relaxations are restored only
-    with ``relax`` (to back-substitute through the layers; otherwise only the bounds are used)."""
+    with ``relax`` (to back-substitute through the layers; otherwise only the bounds are used), ``identity`` as for
+    :func:`_relax`."""
     out = [_LayerBounds(*part.unbind(dim=1)) for part in packed.split(sizes, dim=2)]
     if relax:
-        for b in out:
-            _relax(b)
+        for k, b in enumerate(out):
+            _relax(b, None if identity is None else identity[k])
     return out
 
 
-def _relax(b: _LayerBounds) -> None:
+def _relax(b: _LayerBounds, identity: Tensor | None = None) -> None:
+    """The layer's relaxations from its bounds; ``identity`` (``[n]`` mask): neurons the ReLU leaves as they are
+    (values carried by a residual connection), whose relaxations are exact: ``h = z``, ``d = delta``."""
     b.relax_a = relu_relaxation(b.la, b.ua)
     b.relax_b = relu_relaxation(b.lb, b.ub)
     b.relax_d = diff_relaxation(b.la, b.ua, b.lb, b.ub, b.ld, b.ud)
+    if identity is not None:
+        one, zero = torch.ones_like(b.la), torch.zeros_like(b.la)
+
+        def exact(relax: tuple, values: tuple) -> tuple:
+            return tuple(torch.where(identity, v, t) for t, v in zip(relax, values))
+
+        b.relax_a = exact(b.relax_a, (one, zero, one))
+        b.relax_b = exact(b.relax_b, (one, zero, one))
+        b.relax_d = exact(b.relax_d, (zero, one, zero, zero, one, zero))
 
 
 def _rdot(lam: Tensor, v: Tensor) -> Tensor:
@@ -355,7 +371,8 @@ class DiffBounder(SpecBounder):
         input_shape: one input's shape.
 
     Raises:
-        NotApplicable: the pair is not two dense ReLU chains of equal shapes.
+        NotApplicable: the pair does not read as two dense ReLU networks of equal shapes (and equal residual
+            connections).
 
     Example:
         >>> from torch import nn
@@ -376,6 +393,8 @@ class DiffBounder(SpecBounder):
         #: fold the dW products into the W_A and W_B products (see :meth:`_backsub`): float64 only
         self._fold = self.layers_a[0].weight.dtype == torch.float64
         self.db = [a.bias - b.bias for a, b in zip(self.layers_a, self.layers_b)]
+        #: per hidden layer: the neurons the ReLU leaves as they are (residual connections), or None
+        self.identity = [layer.identity for layer in self.layers_a[:-1]]
         self._cache: tuple[Tensor, Tensor, list] | None = None
 
     def use_intermediate(self, lower: Tensor, upper: Tensor, bounds: list[_LayerBounds]) -> None:
@@ -527,7 +546,7 @@ class DiffBounder(SpecBounder):
             ua = torch.minimum(ua, ub + ud)
             la_ = torch.maximum(la_, lb_ + ld)
             b = _LayerBounds(la_, ua, lb_, ub, ld, ud)
-            _relax(b)
+            _relax(b, self.identity[k])
             bounds.append(b)
         return bounds
 
@@ -544,6 +563,8 @@ class DiffBounder(SpecBounder):
             return self._neuron_bounds(k, torch.arange(n, device=lower.device).expand(n_batch, n), bounds,
                                        lower, upper)
         need = ((parent.la < 0) & (parent.ua > 0)) | ((parent.lb < 0) & (parent.ub > 0))  # [N, n]
+        if self.identity[k] is not None:  # carried values: exact relaxations whatever their bounds
+            need &= ~self.identity[k]
         counts = need.sum(dim=1)
         full = [getattr(parent, f).clone() for f in names]
         for group in torch.argsort(counts).tensor_split(BOX_GROUPS):

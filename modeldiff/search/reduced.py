@@ -26,7 +26,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from modeldiff.linearize import DenseLayer, NotLinearizable, linearize
+from modeldiff.linearize import DenseLayer, NotLinearizable, activate, linearize
 
 __all__ = ["ReducedPair"]
 
@@ -44,7 +44,7 @@ class _Net:
         self.const = base @ first.weight.T + first.bias  # [N, h]
         w_t = first.weight.T  # [D, h]
         self.free_w = w_t[idx] * valid.unsqueeze(-1).to(w_t.dtype)  # [N, f, h]
-        self.rest = layers[1:]
+        self.layers = layers
 
     def __call__(self, x_free: Tensor, region_of: Tensor | None) -> Tensor:
         """Outputs for rows ``x_free`` ``[m, f]`` (box ``region_of[j]`` for row ``j``), or, with ``region_of``
@@ -53,8 +53,8 @@ class _Net:
             h = (self.const.unsqueeze(0) + torch.einsum("cnf,nfh->cnh", x_free, self.free_w)).flatten(0, 1)
         else:
             h = self.const[region_of] + torch.bmm(x_free.unsqueeze(1), self.free_w[region_of]).squeeze(1)
-        for layer in self.rest:
-            h = torch.relu(h) @ layer.weight.T + layer.bias
+        for prev, layer in zip(self.layers, self.layers[1:]):
+            h = activate(h, prev) @ layer.weight.T + layer.bias
         return h
 
 

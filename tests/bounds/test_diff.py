@@ -12,17 +12,18 @@ import modeldiff
 from modeldiff.bounds.diff import (
     DiffBounder, NotApplicable, diff_applicable, diff_relaxation, intersect_bounds, split_bounds, stack_bounds,
 )
-from modeldiff.linearize import NotLinearizable, linearize
+from modeldiff.linearize import NotLinearizable, activate, linearize
 from modeldiff.errors import UnsupportedModelError
 from modeldiff.regions import ball
-from tests._models import SmallCNN, mlp, perturbed
+from tests._models import BasicBlockNet, ResMLP, SmallCNN, mlp, perturbed
 
 
 @pytest.mark.parametrize("divergence", ["delta", "linf", "l1", "l2", "kl", "tv"])
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "rescnn", "resmlp"])
 def test_identical_models_certify_exactly_zero(divergence, model):
-    a = mlp([4, 7, 7, 3], 1) if model == "mlp" else SmallCNN(1, residual=False)
-    shape = (4,) if model == "mlp" else (1, 6, 6)
+    a = {"mlp": lambda: mlp([4, 7, 7, 3], 1), "cnn": lambda: SmallCNN(1, residual=False),
+         "rescnn": lambda: SmallCNN(1), "resmlp": lambda: ResMLP(4, 6, 3, 1)}[model]()
+    shape = (1, 6, 6) if "cnn" in model else (4,)
     region = ball(torch.rand((3, *shape), dtype=torch.float64), 0.5)
     result = modeldiff.bound(a, copy.deepcopy(a), region, divergence, "diff")
     assert torch.equal(result.upper, torch.zeros(3, dtype=torch.float64))
@@ -106,10 +107,58 @@ def test_linearize_merges_affine_ops_and_refuses_other_graphs():
     y = layers[1].weight @ torch.relu(layers[0].weight @ x.flatten(1).T + layers[0].bias[:, None]) \
         + layers[1].bias[:, None]
     assert torch.allclose(y.T, net(x))
-    with pytest.raises(NotLinearizable, match="residual|twice|chain"):
-        linearize(SmallCNN(0, residual=True), (1, 6, 6))
+    assert all(layer.identity is None for layer in layers)  # a chain gets no carried outputs
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            return torch.relu(x) * x
+
+    with pytest.raises(NotLinearizable, match="mixes two computed values"):
+        linearize(Gate(), (3,))
     with pytest.raises(NotLinearizable, match="Tanh"):
         linearize(mlp([2, 3, 1], 0, act=nn.Tanh), (2,))
+
+
+def _apply(layers, x):
+    h = x.flatten(1)
+    for i, layer in enumerate(layers):
+        h = h @ layer.weight.T + layer.bias
+        h = activate(h, layer) if i < len(layers) - 1 else h
+    return h
+
+
+@pytest.mark.parametrize("model, shape, carried", [
+    (SmallCNN(0), (1, 6, 6), [None, 72]),  # the first ReLU's 2x6x6 outputs skip the second ReLU layer
+    (ResMLP(3, 5, 2, 0), (3,), [3, 8]),  # the input x skips both ReLU layers, h1 the second
+    (BasicBlockNet(0), (1, 5, 5), [None, 50, None]),  # out += identity, identity a ReLU output
+])  # fmt: skip
+def test_residual_connections_are_carried_through_relu_layers(model, shape, carried):
+    layers = linearize(model, shape)
+    x = torch.randn(20, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        assert torch.allclose(_apply(layers, x), model(x), atol=1e-12)
+    marks = [None if layer.identity is None else int(layer.identity.sum()) for layer in layers[:-1]]
+    assert marks == carried and layers[-1].identity is None
+    if isinstance(model, ResMLP):  # layer 2: h2's pre-activation, then h1 and x carried
+        assert tuple(layers[1].weight.shape) == (5 + 5 + 3, 5 + 3)
+        assert layers[1].identity.tolist() == [False] * 5 + [True] * 8
+
+
+def test_residual_pair_with_different_carries_is_refused():
+    a = ResMLP(3, 5, 2, 0)
+
+    class NoSkip(nn.Module):  # the layer shapes of ResMLP's dense form, without the carried values
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.l3 = nn.Linear(3, 8), nn.Linear(8, 13), nn.Linear(13, 2)
+
+        def forward(self, x):
+            return self.l3(torch.relu(self.l2(torch.relu(self.l1(x)))))
+
+    b = NoSkip().double().eval()
+    assert [tuple(la.weight.shape) for la in linearize(a, (3,))] == [tuple(lb.weight.shape)
+                                                                     for lb in linearize(b, (3,))]
+    assert "residual connections differ" in diff_applicable(a, b, (3,))
 
 
 def test_diff_method_needs_equal_architectures():
@@ -230,3 +279,40 @@ def test_folded_weight_products_match_the_dw_products_and_float32_tracks_float64
     l32, u32 = b32.delta_bounds(lo.float(), hi.float())
     torch.testing.assert_close(u32.double(), u64, rtol=1e-3, atol=1e-7)
     torch.testing.assert_close(l32.double(), l64, rtol=1e-3, atol=1e-7)
+
+
+def test_residual_pair_uses_diff_and_its_search_stays_below_it():
+    # a residual CNN against its float16 copy, three free pixels: auto picks diff; the search (its reduced forward
+    # folds the fixed pixels into the dense layers, carried neurons included) finds values below the certificate
+    a = SmallCNN(3)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.copy_(p.half().double())
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(4, 1, 6, 6, generator=g, dtype=torch.float64)
+    lo, hi = x.clone(), x.clone()
+    for k in range(4):
+        for p in torch.randperm(36, generator=g)[:3]:
+            lo[k, 0, p // 6, p % 6], hi[k, 0, p // 6, p % 6] = 0.0, 1.0
+    region = modeldiff.regions.box(lo, hi)
+    certified = modeldiff.bound(a, b, region, "linf", "auto")
+    found = modeldiff.search(a, b, region, "linf", restarts=4, steps=30, seed=0)
+    assert certified.method == "diff"
+    assert (found.found > 0).all() and (found.found <= certified.upper + 1e-12).all()
+    assert float((certified.upper / found.found).max()) < 2  # 1.0-1.23; crown on the composed graph: 67-385
+
+
+def test_in_place_relu_on_a_value_used_again_is_refused():
+    class Overwrite(nn.Module):  # eager mode adds relu(h) to relu(h): the graph alone would read h + relu(h)
+        def __init__(self):
+            super().__init__()
+            self.fc, self.relu = nn.Linear(3, 3), nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return self.relu(h) + h
+
+    with pytest.raises(NotLinearizable, match="in-place ReLU relu overwrites a value that is used again"):
+        linearize(Overwrite().double(), (3,))
+    assert linearize(BasicBlockNet(0), (1, 5, 5))  # an in-place ReLU on a value used once is fine

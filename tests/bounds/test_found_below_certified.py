@@ -18,10 +18,10 @@ from tests.bounds.test_soundness import _pair
 @pytest.mark.parametrize("divergence", list(DIVERGENCES))
 def test_found_never_exceeds_certified(divergence, method):
     @settings(max_examples=3, deadline=None, derandomize=True)
-    @given(seed=st.integers(0, 10_000), kind=st.sampled_from(["relu", "cnn"]), nearly_same=st.booleans(),
+    @given(seed=st.integers(0, 10_000), kind=st.sampled_from(["relu", "cnn", "resmlp"]), nearly_same=st.booleans(),
            eps=st.sampled_from([0.01, 0.1, 0.5]))
     def run(seed, kind, nearly_same, eps):
-        a, b, shape = _pair(kind, seed, nearly_same, residual=False)
+        a, b, shape = _pair(kind, seed, nearly_same)
         g = torch.Generator().manual_seed(seed)
         region = ball(torch.rand((3, *shape), generator=g, dtype=torch.float64) * 2 - 1, eps, domain=(-1.0, 1.0))
         certified = modeldiff.bound(a, b, region, divergence, method)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import modeldiff
 from modeldiff.divergences import DIVERGENCES, get_divergence
 from modeldiff.regions import ball
-from tests._models import SmallCNN, mlp, perturbed, pruned
+from tests._models import ResMLP, SmallCNN, mlp, perturbed, pruned
 
 METHOD_EXAMPLES = {"ibp": 8, "crown": 10, "alpha-crown": 3, "diff": 25}
 TOL = 1e-9
@@ -46,15 +46,21 @@ def _candidates(region, objective, seed: int) -> torch.Tensor:
     return torch.cat([samples, corners, ascended, region.midpoints.unsqueeze(0)])
 
 
-def _pair(kind: str, seed: int, nearly_same: bool, residual: bool = True):
+def _pair(kind: str, seed: int, nearly_same: bool):
+    """Two models: ``cnn`` (a residual CNN), ``resmlp`` (a residual MLP), ``relu`` or ``tanh`` (MLPs), ``pruned``
+    (an MLP and a pruned copy)."""
     if kind == "cnn":
-        a = SmallCNN(seed, residual)
-        b = perturbed(a, 0.05, seed + 1) if nearly_same else SmallCNN(seed + 1, residual)
+        a = SmallCNN(seed)
+        b = perturbed(a, 0.05, seed + 1) if nearly_same else SmallCNN(seed + 1)
         return a, b, (1, 6, 6)
     g = torch.Generator().manual_seed(seed)
     d_in = int(torch.randint(2, 5, (1,), generator=g))
     hidden = int(torch.randint(3, 9, (1,), generator=g))
     k = int(torch.randint(2, 5, (1,), generator=g))
+    if kind == "resmlp":
+        a = ResMLP(d_in, hidden, k, seed)
+        b = perturbed(a, 0.05, seed + 1) if nearly_same else ResMLP(d_in, hidden, k, seed + 7)
+        return a, b, (d_in,)
     depth = int(torch.randint(1, 3, (1,), generator=g))
     sizes = [d_in] + [hidden] * depth + [k]
     act = torch.nn.Tanh if kind == "tanh" else torch.nn.ReLU
@@ -115,11 +121,11 @@ def _check(a, b, shape, divergence, method, eps, seed):
 
 
 def _kinds(method: str, divergence: str) -> list[str]:
-    if method == "diff":  # chains of affine layers and ReLUs only
-        return ["relu", "relu", "pruned", "cnn"]
+    if method == "diff":  # affine layers and ReLUs only (residual connections included)
+        return ["relu", "relu", "pruned", "cnn", "resmlp"]
     if divergence == "tv":  # auto_LiRPA's tanh set-up costs seconds per node; tv traces two graphs
-        return ["relu", "relu", "pruned", "cnn"]
-    return ["relu", "relu", "pruned", "tanh", "cnn"]
+        return ["relu", "relu", "pruned", "cnn", "resmlp"]
+    return ["relu", "relu", "pruned", "tanh", "cnn", "resmlp"]
 
 
 @pytest.mark.parametrize("method", list(METHOD_EXAMPLES))
@@ -138,7 +144,7 @@ def test_certified_bound_is_never_exceeded(divergence, method):
         eps=st.sampled_from([0.0, 0.01, 0.1, 0.3, 1.0]),
     )
     def run(seed, kind, nearly_same, eps):
-        a, b, shape = _pair(kind, seed, nearly_same, residual=method != "diff")
+        a, b, shape = _pair(kind, seed, nearly_same)
         _check(a, b, shape, divergence, method, eps, seed)
 
     run()
