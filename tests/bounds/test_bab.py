@@ -14,7 +14,7 @@ from modeldiff.bounds import bab
 from modeldiff.bounds.bab import branch_and_bound_box
 from modeldiff.errors import BoundError
 from modeldiff.search import evaluate
-from tests._models import mlp, perturbed
+from tests._models import ResMLP, mlp, perturbed, pruned
 
 
 def _grid_max(a, b, lo, hi, divergence, output_index, n=161):
@@ -24,12 +24,13 @@ def _grid_max(a, b, lo, hi, divergence, output_index, n=161):
     return float(evaluate(a, b, pts, divergence, output_index).max())
 
 
+@pytest.mark.parametrize("kind", ["mlp", "pruned", "residual"])
 @pytest.mark.parametrize("method", ["diff", "crown"])
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=3, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 1000), divergence=st.sampled_from(["delta", "linf", "l1"]))
-def test_interval_contains_grid_maximum(method, seed, divergence):
-    a = mlp([2, 8, 8, 3], seed, scale=2.0)
-    b = perturbed(a, 0.05, seed + 1)
+def test_interval_contains_grid_maximum(method, kind, seed, divergence):
+    a = ResMLP(2, 8, 3, seed) if kind == "residual" else mlp([2, 8, 8, 3], seed, scale=2.0)
+    b = pruned(a, 1 / 3, seed + 1) if kind == "pruned" else perturbed(a, 0.05, seed + 1)
     lo = torch.tensor([[-1.0, -0.5]], dtype=torch.float64)
     hi = torch.tensor([[0.5, 1.0]], dtype=torch.float64)
     bounder, used = make_bounder(a, b, (2,), method)
