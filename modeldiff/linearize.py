@@ -2,16 +2,18 @@
 
 The differential bound (:mod:`modeldiff.bounds.diff`) works on that form. A model is traced with
 :func:`torch.fx.symbolic_trace`; it qualifies when its graph has one input and one output and its ops are ReLU or
-affine (Linear, Conv1d/2d, BatchNorm in eval, average pooling, Flatten/reshape keeping the batch dimension,
-Identity, Dropout in eval, add/sub/mul/div by constants such as an input normalisation, and the sum or difference
-of two computed values of the same shape: residual connections). The affine ops between two ReLU layers are merged
-into one dense matrix by evaluating them on the basis vectors, so any mix of them becomes ``W x + b``. A value read
-again after ReLUs it skipped is carried through them (see :func:`linearize`).
+affine: Linear, Conv1d/2d, BatchNorm in eval, average pooling (adaptive too), means and sums over non-batch
+dimensions, Flatten/reshape keeping the batch dimension, Identity, Dropout in eval, add/sub/mul/div by constants
+(an input normalisation), and the sum or difference of two computed values of the same shape (residual
+connections). The affine ops between two ReLU layers are merged into one dense matrix by evaluating them on the
+basis vectors, so any mix of them becomes ``W x + b``. A value read again after ReLUs it skipped is carried through
+them (see :func:`linearize`).
 
 A model loaded from a ``.pt2`` file (:class:`~modeldiff.loading.ExportedModule`) is not traced again: the ATen
 graph of its exported program is read directly (:func:`_aten_step` lists the ops understood there: linear, addmm,
-mm/matmul, convolutions, batch norm in eval, average pooling, reshapes keeping the batch dimension, arithmetic with
-constants, eval dropout and copies). Nodes computed from parameters and constants only (``aten.t(weight)``) are
+mm/matmul, convolutions, batch norm in eval, average pooling (adaptive too), means and sums over non-batch
+dimensions, reshapes keeping the batch dimension, arithmetic with constants or between two computed values (add,
+sub), eval dropout and copies). Nodes computed from parameters and constants only (``aten.t(weight)``) are
 constants, evaluated when needed; ``aten.sym_size(x, 0)`` is the batch size; shape guards are ignored.
 
 Example:
@@ -43,6 +45,8 @@ _AFFINE_MODULES = (
     nn.BatchNorm2d,
     nn.AvgPool1d,
     nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
     nn.Flatten,
     nn.Identity,
     nn.Dropout,
@@ -50,6 +54,9 @@ _AFFINE_MODULES = (
 _RELU_FUNCTIONS = {torch.relu, torch.nn.functional.relu}
 _SHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 _SHAPE_METHODS = {"flatten", "reshape", "view", "contiguous"}
+#: means and sums over given non-batch dimensions (global average pooling written as ``x.mean((2, 3))``)
+_REDUCE_FUNCTIONS = {torch.mean, torch.sum}
+_REDUCE_METHODS = {"mean", "sum"}
 _ARITH = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
 _ARITH_METHODS = {"add", "sub", "mul", "div"}
 _ATEN = torch.ops.aten
@@ -63,7 +70,9 @@ _ATEN_AFFINE: dict[OpOverload, tuple[int, ...]] = {
                      _ATEN.sub.Scalar, _ATEN.mul.Scalar, _ATEN.div.Scalar, _ATEN.rsub.Scalar, _ATEN.neg.default,
                      _ATEN.view.default, _ATEN.reshape.default, _ATEN._unsafe_view.default,
                      _ATEN.flatten.using_ints, _ATEN.dropout.default, _ATEN.clone.default, _ATEN.detach.default,
-                     _ATEN.alias.default, _ATEN.contiguous.default], (0,)),
+                     _ATEN.alias.default, _ATEN.contiguous.default, _ATEN.mean.dim, _ATEN.sum.dim_IntList,
+                     _ATEN.adaptive_avg_pool1d.default, _ATEN.adaptive_avg_pool2d.default,
+                     _ATEN._adaptive_avg_pool2d.default], (0,)),
     **dict.fromkeys([_ATEN.add.Tensor, _ATEN.sub.Tensor, _ATEN.mul.Tensor], (0, 1)),
     _ATEN.addmm.default: (1,),
 }
@@ -219,6 +228,15 @@ def _step(gm: fx.GraphModule, node: fx.Node, current: fx.Node,
                 return getattr(a[0], target)(*a[1:], **kw)
             return target(*a, **kw)
 
+        if (target in _REDUCE_FUNCTIONS if node.op == "call_function" else target in _REDUCE_METHODS) and pos == 0:
+            dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+
+            def reduce(x: Tensor) -> Tensor:
+                if not _keeps_batch(dims, x.dim()):
+                    raise NotLinearizable(f"op {node.name} reduces over the batch dimension")
+                return call(x)
+
+            return "affine", reduce
         if node.op == "call_function":
             if target in _RELU_FUNCTIONS:
                 return "relu", call
@@ -296,6 +314,10 @@ def _aten_checked(target: OpOverload, name: str, args: tuple, kwargs: dict, x: T
         c = args[i] if i < len(args) else None
         if isinstance(c, Tensor) and c is not x and c.dim() >= x.dim() and c.shape[0] != 1:
             raise NotLinearizable(f"op {name} broadcasts a constant of shape {tuple(c.shape)} over the batch")
+    if target in (_ATEN.mean.dim, _ATEN.sum.dim_IntList):
+        dims = args[1] if len(args) > 1 else kwargs.get("dim")
+        if not _keeps_batch(dims, x.dim()):
+            raise NotLinearizable(f"op {name} reduces over the batch dimension")
     if target is _ATEN.flatten.using_ints:
         dim = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
         if dim % x.dim() == 0:
@@ -382,10 +404,10 @@ class _Graph:
                 self.steps[node] = (kind, fn, computed)
         if self.input is None or self.output is None:
             raise NotLinearizable("the model has no output")
-        for node, (kind, _, inputs) in self.steps.items():
+        for node, (_, _, inputs) in self.steps.items():
             shared = [u for u in inputs[0].users if u is not node and u in self.steps or u.op == "output"]
-            if kind == "relu" and _inplace(gm, node) and shared:
-                raise NotLinearizable(f"the in-place ReLU {node.name} overwrites a value that is used again")
+            if _inplace(gm, node) and shared:
+                raise NotLinearizable(f"the in-place op {node.name} overwrites a value that is used again")
         # depth of each live value: the most ReLUs on a path from the input (a ReLU output is an atom)
         live, stack = set(), [self.output]
         while stack:
@@ -437,7 +459,10 @@ class _Graph:
             for n in self.order:
                 if n in needed:
                     _, fn, inputs = self.steps[n]
-                    env[n] = fn(*[env[i] for i in inputs])
+                    try:
+                        env[n] = fn(*[env[i] for i in inputs])
+                    except RuntimeError as exc:
+                        raise NotLinearizable(f"op {n.name} fails on a batch of inputs ({exc})") from exc
         return [env[t] for t in targets]
 
     def layer(self, level: int, present: list[_Slot], dtype, device) -> tuple[DenseLayer, list[_Slot]]:
@@ -468,11 +493,24 @@ class _Graph:
         return DenseLayer(layer.weight, layer.bias, mask if bool(mask.any()) else None), slots
 
 
+def _keeps_batch(dims: Any, ndim: int) -> bool:
+    """Whether reducing over ``dims`` (an int or a sequence of ints; None: all) leaves the batch dimension."""
+    if isinstance(dims, int):
+        dims = [dims]
+    if not isinstance(dims, (list, tuple)) or not dims or not all(isinstance(d, int) for d in dims):
+        return False
+    return all(d % ndim != 0 for d in dims)
+
+
 def _inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether a ReLU node overwrites its input (in eager mode; the graph treats every op as pure)."""
+    """Whether a node overwrites its first input (the graph is read as if every op were pure)."""
     if node.op == "call_module":
         return bool(getattr(gm.get_submodule(node.target), "inplace", False))
-    return node.kwargs.get("inplace") is True or (len(node.args) > 1 and node.args[1] is True)
+    if isinstance(node.target, OpOverload):
+        return node.target._schema.name.endswith("_")  # aten.relu_, aten.add_
+    if node.target in _RELU_FUNCTIONS:
+        return node.kwargs.get("inplace") is True or (len(node.args) > 1 and node.args[1] is True)
+    return False
 
 
 def _dense_rows(values: list[Tensor], n_in: int) -> DenseLayer:
@@ -488,7 +526,7 @@ def _dense_rows(values: list[Tensor], n_in: int) -> DenseLayer:
 
 
 _JOIN_FUNCTIONS = {operator.add, operator.sub, torch.add, torch.sub}
-_JOIN_ATEN = {_ATEN.add.Tensor, _ATEN.sub.Tensor}
+_JOIN_ATEN = {_ATEN.add.Tensor, _ATEN.sub.Tensor, _ATEN.add_.Tensor, _ATEN.sub_.Tensor}
 
 
 def _join(gm: fx.GraphModule, node: fx.Node, computed: list[fx.Node],
@@ -506,10 +544,9 @@ def _join(gm: fx.GraphModule, node: fx.Node, computed: list[fx.Node],
         env = {computed[0]: x, computed[1]: y}
         a = [env[v] for v in args]
         kw = {k: _const(gm, v, roles if aten else None, x.shape[0]) for k, v in node.kwargs.items()}
-        out = getattr(a[0], target)(a[1], **kw) if node.op == "call_method" else target(*a, **kw)
-        if out.dim() == 0 or out.shape[0] != x.shape[0] or x.shape != y.shape:
+        if x.dim() != y.dim() or x.dim() < 2 or x.shape[0] != y.shape[0]:  # broadcasting only along the features
             raise NotLinearizable(f"op {_op_name(target)} ({node.name}) broadcasts one computed value over another")
-        return out
+        return getattr(a[0], target)(a[1], **kw) if node.op == "call_method" else target(*a, **kw)
 
     return call
 

@@ -93,16 +93,19 @@ class ResMLP(nn.Module):
 
 class BasicBlockNet(nn.Module):
     """1x5x5 -> conv -> ReLU -> a torchvision-style basic block (conv-BN-ReLU-conv-BN, ``out += identity``, in-place
-    ReLU) -> flatten -> linear(3)."""
+    ReLU) -> ``pool`` -> linear(3). ``pool``: ``flatten`` (no pooling), ``adaptive`` (``AdaptiveAvgPool2d(1)``, then
+    flatten) or ``mean`` (``out.mean((2, 3))``: global average pooling as in ResNets)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, pool: str = "flatten"):
         super().__init__()
         torch.manual_seed(seed)
+        self.pool = pool
         self.stem = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
         self.c1, self.b1 = nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2)
         self.c2, self.b2 = nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2)
         self.relu = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(2 * 5 * 5, 3)
+        self.avg = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * 5 * 5 if pool == "flatten" else 2, 3)
         with torch.no_grad():
             for bn in (self.b1, self.b2):
                 bn.running_mean.uniform_(-0.2, 0.2)
@@ -114,4 +117,7 @@ class BasicBlockNet(nn.Module):
         out = self.relu(self.b1(self.c1(identity)))
         out = self.b2(self.c2(out))
         out += identity
-        return self.fc(torch.flatten(self.relu(out), 1))
+        out = self.relu(out)
+        if self.pool == "mean":
+            return self.fc(out.mean((2, 3)))
+        return self.fc(torch.flatten(self.avg(out) if self.pool == "adaptive" else out, 1))

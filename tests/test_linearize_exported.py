@@ -14,6 +14,7 @@ import modeldiff
 from modeldiff.linearize import DenseLayer, NotLinearizable, activate, linearize
 from modeldiff.loading import ExportedModule, load_model
 from modeldiff.regions import ball
+from tests._models import BasicBlockNet
 
 TOL = 1e-10
 
@@ -116,6 +117,8 @@ MODELS = {
     "view_cnn": (ViewCNN, (1, 8, 8)),
     "residual": (Residual, (4,)),
     "residual_mlp": (ResidualMLP, (4,)),
+    "resnet_mean": (lambda: BasicBlockNet(0, pool="mean").float(), (1, 5, 5)),
+    "resnet_adaptive": (lambda: BasicBlockNet(0, pool="adaptive").float(), (1, 5, 5)),
 }
 
 

@@ -115,6 +115,21 @@ def test_linearize_merges_affine_ops_and_refuses_other_graphs():
 
     with pytest.raises(NotLinearizable, match="mixes two computed values"):
         linearize(Gate(), (3,))
+
+    class BatchMean(nn.Module):
+        def __init__(self, dims):
+            super().__init__()
+            self.dims = dims
+
+        def forward(self, x):
+            return x.mean(*self.dims) + x
+
+    for dims in [(0,), (-2,), ((0, 1),), ()]:  # over the batch (also as -2 of 2 dims), or over everything
+        with pytest.raises(NotLinearizable, match="reduces over the batch dimension"):
+            linearize(BatchMean(dims), (3,))
+    assert linearize(BatchMean(((1,), True)), (3,))  # x.mean((1,), keepdim=True) + x
+    with pytest.raises(NotLinearizable, match="broadcasts one computed value over another"):
+        linearize(BatchMean(((1,),)), (3,))  # [N] + [N, 3]
     with pytest.raises(NotLinearizable, match="Tanh"):
         linearize(mlp([2, 3, 1], 0, act=nn.Tanh), (2,))
 
@@ -131,6 +146,8 @@ def _apply(layers, x):
     (SmallCNN(0), (1, 6, 6), [None, 72]),  # the first ReLU's 2x6x6 outputs skip the second ReLU layer
     (ResMLP(3, 5, 2, 0), (3,), [3, 8]),  # the input x skips both ReLU layers, h1 the second
     (BasicBlockNet(0), (1, 5, 5), [None, 50, None]),  # out += identity, identity a ReLU output
+    (BasicBlockNet(0, pool="adaptive"), (1, 5, 5), [None, 50, None]),  # then global average pooling
+    (BasicBlockNet(0, pool="mean"), (1, 5, 5), [None, 50, None]),
 ])  # fmt: skip
 def test_residual_connections_are_carried_through_relu_layers(model, shape, carried):
     layers = linearize(model, shape)
@@ -313,6 +330,6 @@ def test_in_place_relu_on_a_value_used_again_is_refused():
             h = self.fc(x)
             return self.relu(h) + h
 
-    with pytest.raises(NotLinearizable, match="in-place ReLU relu overwrites a value that is used again"):
+    with pytest.raises(NotLinearizable, match="in-place op relu overwrites a value that is used again"):
         linearize(Overwrite().double(), (3,))
     assert linearize(BasicBlockNet(0), (1, 5, 5))  # an in-place ReLU on a value used once is fine

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import modeldiff
 from modeldiff.divergences import DIVERGENCES, get_divergence
 from modeldiff.regions import ball
-from tests._models import ResMLP, SmallCNN, mlp, perturbed, pruned
+from tests._models import BasicBlockNet, ResMLP, SmallCNN, mlp, perturbed, pruned
 
 METHOD_EXAMPLES = {"ibp": 8, "crown": 10, "alpha-crown": 3, "diff": 25}
 TOL = 1e-9
@@ -47,12 +47,13 @@ def _candidates(region, objective, seed: int) -> torch.Tensor:
 
 
 def _pair(kind: str, seed: int, nearly_same: bool):
-    """Two models: ``cnn`` (a residual CNN), ``resmlp`` (a residual MLP), ``relu`` or ``tanh`` (MLPs), ``pruned``
+    """Two models: ``cnn`` (residual CNNs), ``resmlp`` (a residual MLP), ``relu`` or ``tanh`` (MLPs), ``pruned``
     (an MLP and a pruned copy)."""
-    if kind == "cnn":
-        a = SmallCNN(seed)
-        b = perturbed(a, 0.05, seed + 1) if nearly_same else SmallCNN(seed + 1)
-        return a, b, (1, 6, 6)
+    if kind == "cnn":  # odd seeds: a ResNet-style basic block with global average pooling
+        make = SmallCNN if seed % 2 == 0 else (lambda s: BasicBlockNet(s, pool="mean"))
+        a = make(seed)
+        b = perturbed(a, 0.05, seed + 1) if nearly_same else make(seed + 1)
+        return a, b, (1, 6, 6) if seed % 2 == 0 else (1, 5, 5)
     g = torch.Generator().manual_seed(seed)
     d_in = int(torch.randint(2, 5, (1,), generator=g))
     hidden = int(torch.randint(3, 9, (1,), generator=g))
