@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch._ops import OpOverload
 
+from modeldiff import _onnx
 from modeldiff.loading import ExportedModule
 
 __all__ = ["DenseLayer", "NotLinearizable", "activate", "linearize"]
@@ -51,6 +52,9 @@ _AFFINE_MODULES = (
     nn.Identity,
     nn.Dropout,
 )
+#: the ONNX converter's own shape and pooling modules (:mod:`modeldiff._onnx`): affine, but not traceable (they branch
+#: on the input's rank), so read as leaves; a reshape that would mix the batch is caught on the basis evaluation
+_ONNX_AFFINE = (_onnx._Flatten, _onnx._Reshape, _onnx._GlobalAveragePool)
 _RELU_FUNCTIONS = {torch.relu, torch.nn.functional.relu}
 _SHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 _SHAPE_METHODS = {"flatten", "reshape", "view", "contiguous"}
@@ -119,7 +123,7 @@ class _Leaf(fx.Tracer):
     """Traces through containers but keeps the modules we understand as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (*_AFFINE_MODULES, nn.ReLU)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (*_AFFINE_MODULES, *_ONNX_AFFINE, nn.ReLU)) or super().is_leaf_module(m, qualname)
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -207,7 +211,7 @@ def _step(gm: fx.GraphModule, node: fx.Node, current: fx.Node,
             raise NotLinearizable(f"module {node.target} takes more than the chain value")
         if isinstance(mod, nn.ReLU):
             return "relu", mod
-        if isinstance(mod, _AFFINE_MODULES):
+        if isinstance(mod, (*_AFFINE_MODULES, *_ONNX_AFFINE)):
             if mod.training and isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)):
                 raise NotLinearizable(f"module {node.target} is in training mode")
             return "affine", mod

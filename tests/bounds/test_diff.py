@@ -333,3 +333,22 @@ def test_in_place_relu_on_a_value_used_again_is_refused():
     with pytest.raises(NotLinearizable, match="in-place op relu overwrites a value that is used again"):
         linearize(Overwrite().double(), (3,))
     assert linearize(BasicBlockNet(0), (1, 5, 5))  # an in-place ReLU on a value used once is fine
+
+
+@pytest.mark.parametrize("pool", ["flatten", "adaptive"])
+def test_onnx_residual_cnn_gets_the_differential_bound(tmp_path, pool):
+    # the ONNX converter's Flatten and GlobalAveragePool modules branch on the input's rank: read as affine leaves
+    import warnings
+
+    model = BasicBlockNet(0, pool=pool)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(copy.deepcopy(model).float(), (torch.randn(2, 1, 5, 5),), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    loaded = modeldiff.load_model(path)
+    x = torch.randn(6, 1, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(_apply(linearize(loaded, (1, 5, 5)), x), loaded(x), atol=1e-12)
+    region = ball(x[:2], 0.05)
+    assert modeldiff.bound(loaded, copy.deepcopy(loaded), region, "linf", "auto").method == "diff"
