@@ -109,8 +109,10 @@ def test_children_cover_their_parent_and_bound_each_child(monkeypatch, cut_gain)
     bounder, _ = make_bounder(a, b, (4,), "diff")
     objective = bab._Objective(bounder, "linf", None, None)
     g = torch.Generator().manual_seed(1)
-    lo = -torch.rand(5, 4, dtype=torch.float64, generator=g)
-    hi = torch.rand(5, 4, dtype=torch.float64, generator=g)
+    shift = torch.zeros(5, 4, dtype=torch.float64)
+    shift[:, 0] = 2.0 * torch.arange(5)  # disjoint parents, so that each child has one
+    lo = -torch.rand(5, 4, dtype=torch.float64, generator=g) + shift
+    hi = torch.rand(5, 4, dtype=torch.float64, generator=g) + shift
     up, states = objective(lo, hi)
     c_lo, c_hi, c_up, c_states, bounded = bab._children(objective, lo, hi, states, up)
     assert bounded == 5 * 2 * bab.LOOKAHEAD_DIMS and len(c_states) == c_lo.shape[0]

@@ -352,3 +352,28 @@ def test_onnx_residual_cnn_gets_the_differential_bound(tmp_path, pool):
         assert torch.allclose(_apply(linearize(loaded, (1, 5, 5)), x), loaded(x), atol=1e-12)
     region = ball(x[:2], 0.05)
     assert modeldiff.bound(loaded, copy.deepcopy(loaded), region, "linf", "auto").method == "diff"
+
+
+@pytest.mark.parametrize("model", ["mlp", "resmlp"])
+def test_interval_step_bounds_contain_sampled_activations(model):
+    # the cheap bounds that decide which neurons the first pass back-substitutes (the others keep them)
+    a = mlp([3, 8, 8, 8, 2], 5, scale=2.0) if model == "mlp" else ResMLP(3, 6, 2, 5)
+    b = perturbed(a, 0.05, 6)
+    bounder = DiffBounder(a, b, (3,))
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(4, 3, generator=g, dtype=torch.float64) * 2 - 1
+    hi = lo + 0.4
+    bounds = bounder.intermediate_bounds(lo, hi)
+    x = (lo + (hi - lo) * torch.rand(2000, 4, 3, generator=g, dtype=torch.float64)).flatten(0, 1)
+    ha = hb = x
+    for k in range(len(bounds)):
+        za = ha @ bounder.layers_a[k].weight.T + bounder.layers_a[k].bias
+        zb = hb @ bounder.layers_b[k].weight.T + bounder.layers_b[k].bias
+        if k > 0:
+            step = bounder._interval_step(k, bounds[k - 1])
+            for z, lower, upper in ((za, step.la, step.ua), (zb, step.lb, step.ub), (za - zb, step.ld, step.ud)):
+                z = z.view(2000, 4, -1)
+                assert (z >= lower - 1e-9).all() and (z <= upper + 1e-9).all()
+        ident = bounder.identity[k]
+        ha = za.relu() if ident is None else torch.where(ident, za, za.relu())
+        hb = zb.relu() if ident is None else torch.where(ident, zb, zb.relu())
