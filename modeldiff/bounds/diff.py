@@ -217,6 +217,8 @@ _FIELDS = ("la", "ua", "lb", "ub", "ld", "ud")
 
 #: branch and bound's boxes are bounded in this many groups of similar counts of unstable neurons
 BOX_GROUPS = 8
+#: a group's boxes are back-substituted in chunks of at most this many coefficients (memory: 8 bytes each)
+MAX_ELEMENTS = 2**24
 
 
 def split_bounds(bounds: list[_LayerBounds]) -> Tensor:
@@ -598,20 +600,23 @@ class DiffBounder(SpecBounder):
             need &= ~self.identity[k]
         counts = need.sum(dim=1)
         full = [getattr(parent, f).clone() for f in names]
-        for group in torch.argsort(counts).tensor_split(BOX_GROUPS):
-            m = int(counts[group].max()) if len(group) else 0
+        width = max(int(layer.weight.shape[1]) for layer in self.layers_a[: k + 1])
+        for sorted_group in torch.argsort(counts).tensor_split(BOX_GROUPS):
+            m = int(counts[sorted_group].max()) if len(sorted_group) else 0
             if m == 0:
                 continue
-            # per box: its unstable neurons first, padded with stable ones (their bounds are discarded)
-            idx = torch.argsort((~need[group]).to(torch.int8), dim=1, stable=True)[:, :m]  # [G, m]
-            valid = need[group].gather(1, idx)
-            sub = [_LayerBounds(*([None] * 6), relax_a=tuple(t[group] for t in b.relax_a),
-                                relax_b=tuple(t[group] for t in b.relax_b), relax_d=tuple(t[group] for t in b.relax_d))
-                   for b in bounds[:k]]
-            out = self._neuron_bounds(k, idx, sub, lower[group], upper[group])
-            rows = group.unsqueeze(1)
-            for t, v in zip(full, out):
-                t[rows, idx] = torch.where(valid, v, t[rows, idx])
+            # at most MAX_ELEMENTS coefficients at a time (4 m rows per box: both sides, both chains)
+            for group in sorted_group.split(max(1, MAX_ELEMENTS // (4 * m * width))):
+                # per box: its unstable neurons first, padded with stable ones (their bounds are discarded)
+                idx = torch.argsort((~need[group]).to(torch.int8), dim=1, stable=True)[:, :m]  # [G, m]
+                valid = need[group].gather(1, idx)
+                sub = [_LayerBounds(*([None] * 6), relax_a=tuple(t[group] for t in b.relax_a),
+                                    relax_b=tuple(t[group] for t in b.relax_b),
+                                    relax_d=tuple(t[group] for t in b.relax_d)) for b in bounds[:k]]
+                out = self._neuron_bounds(k, idx, sub, lower[group], upper[group])
+                rows = group.unsqueeze(1)
+                for t, v in zip(full, out):
+                    t[rows, idx] = torch.where(valid, v, t[rows, idx])
         return tuple(full)
 
     def _neuron_bounds(self, k: int, idx: Tensor, bounds: list[_LayerBounds], lower: Tensor, upper: Tensor):

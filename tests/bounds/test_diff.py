@@ -237,14 +237,15 @@ def test_packed_bounds_round_trip_and_intersect():
     assert torch.equal(both[1::2], torch.minimum(packed[0, 1::2], packed[1, 1::2]))  # upper bounds: the smaller
 
 
-@pytest.mark.parametrize("groups", [1, 3, 8])
-def test_children_bounded_in_groups_match_each_box_bounded_alone(monkeypatch, groups):
+@pytest.mark.parametrize("groups, max_elements", [(1, 2**24), (3, 2**24), (8, 2**24), (3, 1000)])
+def test_children_bounded_in_groups_match_each_box_bounded_alone(monkeypatch, groups, max_elements):
     """A batch of children is bounded in groups of boxes with similar counts of unstable neurons, each group
-    padded to its own count: every box must get exactly what it gets bounded alone, whatever the grouping, and
-    its bounds must contain the activations of points of the box."""
+    padded to its own count (and cut into chunks by memory): every box must get exactly what it gets bounded
+    alone, whatever the grouping, and its bounds must contain the activations of points of the box."""
     from modeldiff.bounds import diff as diff_module
 
     monkeypatch.setattr(diff_module, "BOX_GROUPS", groups)
+    monkeypatch.setattr(diff_module, "MAX_ELEMENTS", max_elements)  # 1000: one box at a time
     a = mlp([3, 12, 12, 12, 2], 21, scale=1.5)
     b = perturbed(a, 0.05, 22)
     bounder = DiffBounder(a, b, (3,))
