@@ -2,7 +2,8 @@
 
 For two networks of the same shape (a fine-tuned, quantised or pruned copy), written as dense chains
 (:func:`~modeldiff.linearize.linearize`; a residual connection becomes extra neurons carried through the ReLU
-layers it skips), with pre-activations ``z_A``, ``z_B``, their difference ``delta = z_A - z_B``, post-activations ``h_A = relu(z_A)`` and ``d = h_A - h_B``:
+layers it skips), with pre-activations ``z_A``, ``z_B``, their difference ``delta = z_A - z_B``, post-activations
+``h_A = relu(z_A)`` and ``d = h_A - h_B``:
 
 * a linear layer maps ``(h_A, d)`` to ``z_A = W_A h_A + b_A`` and
   ``delta = W_B d + (W_A - W_B) h_A + (b_A - b_B)``;
@@ -586,10 +587,11 @@ class DiffBounder(SpecBounder):
                         parent: _LayerBounds | None) -> tuple[Tensor, ...]:
         """Back-substituted ``(ua, la, ub, lb, ud, ld)`` of layer ``k``. With ``parent`` (bounds valid on boxes
         containing these, or cheaper bounds of the same boxes), each box bounds anew only the neurons unstable in A
-        or B in its parent; the others keep
-        their parent's bounds: a neuron stable in both networks has an exact relaxation whatever its bounds (see
-        :func:`diff_relaxation`), so tighter bounds would change nothing downstream. The boxes are then taken in
-        :data:`BOX_GROUPS` groups of similar counts of such neurons, each group padded to its own largest count."""
+        or B in its parent; the others keep their parent's bounds: a neuron stable in both networks (or carried by
+        a residual connection) has an exact relaxation whatever its bounds (see :func:`diff_relaxation`), so
+        tighter bounds would change nothing downstream. The boxes are then taken in :data:`BOX_GROUPS` groups of
+        similar counts of such neurons, each group padded to its own largest count, and in chunks of at most
+        :data:`MAX_ELEMENTS` coefficients."""
         names = ("ua", "la", "ub", "lb", "ud", "ld")
         if parent is None:
             n_batch = lower.shape[0]
