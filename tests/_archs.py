@@ -27,3 +27,10 @@ def not_a_module() -> int:
 
 def broken() -> nn.Module:
     raise RuntimeError("factory exploded")
+
+
+def residual_cnn() -> nn.Module:
+    """1x5x5 -> conv -> ReLU -> a basic block (``out += identity``) -> global average pooling -> linear(3)."""
+    from tests._models import BasicBlockNet
+
+    return BasicBlockNet(0, pool="adaptive").float()

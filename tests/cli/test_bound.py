@@ -130,6 +130,23 @@ def test_state_dict_with_arch_bundled_digits():
     assert "2 region(s), linf, diff, float64" in out
 
 
+def test_residual_state_dicts_get_the_differential_bound(tmp_path):
+    # a residual CNN and a slightly perturbed copy, saved as state_dicts and read back with --arch: auto picks diff
+    a = _archs.residual_cnn()
+    b = _archs.residual_cnn()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 1e-3)
+    torch.save(a.state_dict(), tmp_path / "a.pt")
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    torch.save(torch.rand(3, 1, 5, 5, generator=torch.Generator().manual_seed(2)), tmp_path / "x.pt")
+    payload = _json(_run("bound", tmp_path / "a.pt", tmp_path / "b.pt", "--arch", "tests._archs:residual_cnn",
+                         "--data", tmp_path / "x.pt", "--eps", 0.02, "--json"))
+    assert payload["settings"]["method"] == "auto" and payload["settings"]["method_used"] == "diff"
+    for region in payload["regions"]:
+        assert 0 < region["found"] <= region["certified"] < 0.1
+
+
 def test_state_dict_with_arch_table(files):
     out = _ok(_run(*_small(files)))
     assert "certified" in out and "3 region(s)" in out
