@@ -506,8 +506,9 @@ def _keeps_batch(dims: Any, ndim: int) -> bool:
 
 def _inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether a node overwrites its first input (the graph is read as if every op were pure)."""
-    if node.op == "call_module":
-        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    if node.op == "call_module":  # (an in-place Dropout in eval mode leaves its input as it is)
+        mod = gm.get_submodule(node.target)
+        return isinstance(mod, nn.ReLU) and mod.inplace
     if isinstance(node.target, OpOverload):
         return node.target._schema.name.endswith("_")  # aten.relu_, aten.add_
     if node.target in _RELU_FUNCTIONS:

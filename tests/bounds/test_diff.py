@@ -335,6 +335,17 @@ def test_in_place_relu_on_a_value_used_again_is_refused():
         linearize(Overwrite().double(), (3,))
     assert linearize(BasicBlockNet(0), (1, 5, 5))  # an in-place ReLU on a value used once is fine
 
+    class SkipDropout(nn.Module):  # in eval mode an in-place Dropout leaves its input as it is
+        def __init__(self):
+            super().__init__()
+            self.fc, self.drop = nn.Linear(3, 3), nn.Dropout(0.5, inplace=True)
+
+        def forward(self, x):
+            h = torch.relu(self.fc(x))
+            return self.drop(h) + h
+
+    assert linearize(SkipDropout().double().eval(), (3,))
+
 
 @pytest.mark.parametrize("pool", ["flatten", "adaptive"])
 def test_onnx_residual_cnn_gets_the_differential_bound(tmp_path, pool):
