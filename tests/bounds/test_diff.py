@@ -389,3 +389,49 @@ def test_interval_step_bounds_contain_sampled_activations(model):
         ident = bounder.identity[k]
         ha = za.relu() if ident is None else torch.where(ident, za, za.relu())
         hb = zb.relu() if ident is None else torch.where(ident, zb, zb.relu())
+
+
+class _AffineReuse(nn.Module):
+    """An affine value (z) read again after the ReLUs of two later layers, and a ReLU applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.f0, self.f1, self.f2 = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        z = self.f1(torch.relu(self.f0(x)))
+        h = torch.relu(z)
+        return self.f2(torch.relu(h) - 0.5 * z) + self.f2(z)
+
+
+class _DenseSums(nn.Module):
+    """DenseNet-like: each layer reads the sum of the input and every earlier ReLU output."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.ModuleList([nn.Linear(3, 3) for _ in range(4)])
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        hs = [x]
+        for f in self.f:
+            t = hs[0]
+            for h in hs[1:]:
+                t = t + h
+            hs.append(torch.relu(f(t)))
+        return self.out(hs[-1] + hs[1])
+
+
+@pytest.mark.parametrize("model", [_AffineReuse, _DenseSums])
+def test_values_read_across_several_relu_layers_compute_the_model(model):
+    torch.manual_seed(0)
+    net = model().double().eval()
+    layers = linearize(net, (3,))
+    x = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.no_grad():
+        assert torch.allclose(_apply(layers, x), net(x), atol=1e-12)
+    b = perturbed(net, 0.05, 2)
+    region = ball(x[:4], 0.2)
+    certified = modeldiff.bound(net, b, region, "linf", "auto")
+    found = modeldiff.search(net, b, region, "linf", restarts=4, steps=30, seed=0)
+    assert certified.method == "diff" and (found.found <= certified.upper + 1e-12).all()
