@@ -19,7 +19,7 @@ from modeldiff.results import SearchResult
 from modeldiff.search.apgd import Chunk, run_apgd, run_pgd
 from modeldiff.search.gradient_free import run_random, run_square
 from modeldiff.search.objectives import RestartPlan, _check_index, objective, plan_restarts, value_of
-from modeldiff.search.reduced import ReducedPair
+from modeldiff.search.reduced import ReducedPair, StackedPair
 from modeldiff.search.starts import uniform_points, unit_design, unit_to_box
 
 __all__ = ["OPTIMIZERS", "search"]
@@ -167,15 +167,20 @@ class _Tracker:
 class _Forward:
     """Evaluates (loss, value, score, grad) for rows of the search, given their plans and the boxes they lie in
     (``region_of``). With a :class:`~modeldiff.search.reduced.ReducedPair` the search's own evaluations fold the
-    boxes' fixed input entries into the first layer; :meth:`outputs` without ``region_of`` always runs the
+    boxes' fixed input entries into the first layer, with a :class:`~modeldiff.search.reduced.StackedPair` they
+    run both small networks in one product per layer; :meth:`outputs` without ``region_of`` always runs the
     original models (for the values reported)."""
 
-    def __init__(self, a: nn.Module, b: nn.Module, divergence: Divergence, reduced: ReducedPair | None = None):
-        self.a, self.b, self.divergence, self.reduced = a, b, divergence, reduced
+    def __init__(self, a: nn.Module, b: nn.Module, divergence: Divergence, reduced: ReducedPair | None = None,
+                 stacked: StackedPair | None = None):
+        self.a, self.b, self.divergence, self.reduced, self.stacked = a, b, divergence, reduced, stacked
 
     def _ab(self, x: Tensor, region_of: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.reduced is not None and region_of is not None:
-            return self.reduced.outputs(x, region_of)
+        if region_of is not None:
+            if self.reduced is not None:
+                return self.reduced.outputs(x, region_of)
+            if self.stacked is not None:
+                return self.stacked.outputs(x)
         return self.a(x), self.b(x)
 
     def outputs(self, x: Tensor, region_of: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -360,7 +365,9 @@ def search(
 
     n_var = (lower < upper).reshape(n, -1).sum(dim=1)
     use_global = global_mode in ("on", True) or (global_mode == "auto" and int(n_var.max()) <= GLOBAL_MAX_DIMS)
-    fwd = _Forward(a, b, div, ReducedPair.build(a, b, lower, upper) if use_global else None)
+    reduced = ReducedPair.build(a, b, lower, upper) if use_global else None
+    stacked = StackedPair.build(a, b, tuple(lower.shape[1:])) if reduced is None else None
+    fwd = _Forward(a, b, div, reduced, stacked)
     if n_starts is not None:
         n_cand = n_starts
     elif use_global:
@@ -518,6 +525,7 @@ def search(
         "global_mode": bool(use_global),
         "n_starts": int(n_cand),
         "reduced_forward": fwd.reduced is not None,
+        "stacked_forward": fwd.stacked is not None,
         "explore": int(explore) if explored else 0,
         "batch_size": int(rows_per_batch),
         "time_budget_s": time_budget_s,

@@ -1,4 +1,5 @@
-"""The reduced forward of the search (few free input entries of dense ReLU chains): same outputs as the models."""
+"""The reduced forward of the search (few free input entries of dense ReLU chains) and the stacked forward (small
+dense pairs in one product per layer): same outputs as the models."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from torch import nn
 
 from modeldiff.regions import box
 from modeldiff.search import search
-from modeldiff.search.reduced import ReducedPair
+from modeldiff.search.reduced import ReducedPair, StackedPair
 from modeldiff.search.starts import unit_design, unit_to_box
 from tests._models import mlp, perturbed
 
@@ -80,3 +81,46 @@ def test_search_with_the_reduced_forward_reports_plain_values(monkeypatch):
     off = search(a, b, region, "linf", restarts=3, steps=20, seed=0, n_starts=16384)
     assert not off.settings["reduced_forward"]
     assert torch.allclose(off.found, res.found, rtol=1e-6)  # the same search, up to rounding
+
+
+# --- the stacked forward (both small networks in one product per layer) ------------------------------------------
+
+
+def test_stacked_outputs_and_gradients_match_the_models():
+    from tests._models import ResMLP
+
+    for a, shape in ((mlp([5, 50, 50, 5], 0), (5,)), (ResMLP(4, 6, 3, 0), (4,))):
+        b = perturbed(a, 0.05, 1)
+        pair = StackedPair.build(a, b, shape)
+        assert pair is not None
+        x = torch.rand(7, *shape, generator=torch.Generator().manual_seed(2), dtype=F64).requires_grad_(True)
+        ya, yb = pair.outputs(x)
+        assert torch.allclose(ya, a(x), atol=1e-12) and torch.allclose(yb, b(x), atol=1e-12)
+        (g,) = torch.autograd.grad((ya - yb).sum(), x)
+        x2 = x.detach().requires_grad_(True)
+        (g_ref,) = torch.autograd.grad((a(x2) - b(x2)).sum(), x2)
+        assert torch.allclose(g, g_ref, atol=1e-12)
+
+
+def test_stacked_forward_only_for_small_dense_pairs():
+    assert StackedPair.build(mlp([300, 200, 2], 0), mlp([300, 200, 2], 1), (300,)) is None  # 60,400 weights
+    odd = nn.Sequential(nn.Linear(8, 6), nn.Sigmoid(), nn.Linear(6, 2)).double()
+    assert StackedPair.build(odd, odd, (8,)) is None
+    assert StackedPair.build(mlp([4, 6, 2], 0), mlp([4, 7, 2], 0), (4,)) is None  # different shapes
+
+
+def test_search_with_the_stacked_forward_reports_plain_values(monkeypatch):
+    a = mlp([5, 30, 30, 3], 6)
+    b = perturbed(a, 0.05, 7)
+    g = torch.Generator().manual_seed(8)
+    lo = torch.rand(3, 5, generator=g, dtype=F64)
+    region = box(lo, lo + 0.3)
+    res = search(a, b, region, "linf", restarts=4, steps=30, seed=0)
+    assert res.settings["stacked_forward"]
+    with torch.no_grad():
+        plain = (a(res.witnesses) - b(res.witnesses)).abs().amax(dim=1)
+    assert torch.equal(res.found, plain) and bool(region.contains(res.witnesses).all())
+    monkeypatch.setattr(StackedPair, "build", classmethod(lambda cls, *args: None))
+    off = search(a, b, region, "linf", restarts=4, steps=30, seed=0)
+    assert not off.settings["stacked_forward"]
+    torch.testing.assert_close(res.found, off.found, rtol=1e-6, atol=1e-12)  # the same search, other rounding
