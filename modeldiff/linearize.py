@@ -37,7 +37,7 @@ from torch._ops import OpOverload
 from modeldiff import _onnx
 from modeldiff.loading import ExportedModule
 
-__all__ = ["DenseLayer", "NotLinearizable", "activate", "linearize"]
+__all__ = ["DenseLayer", "NotLinearizable", "activate", "linearize", "mismatch"]
 
 _AFFINE_MODULES = (
     nn.Linear,
@@ -118,6 +118,18 @@ class DenseLayer:
 def activate(h: Tensor, layer: DenseLayer) -> Tensor:
     """The activation after ``layer`` on its outputs ``h`` ``[..., out]``: ReLU, except on carried outputs."""
     return torch.relu(h) if layer.identity is None else torch.where(layer.identity, h, torch.relu(h))
+
+
+def mismatch(layers_a: list[DenseLayer], layers_b: list[DenseLayer]) -> str | None:
+    """Why two models' dense layers differ in structure (layer shapes, carried outputs), or None if they do not."""
+    if len(layers_a) != len(layers_b) or any(x.weight.shape != y.weight.shape for x, y in zip(layers_a, layers_b)):
+        return (f"layer shapes {[tuple(x.weight.shape) for x in layers_a]} vs "
+                f"{[tuple(y.weight.shape) for y in layers_b]}")
+    if any((x.identity is None) != (y.identity is None)
+           or (x.identity is not None and not torch.equal(x.identity, y.identity))
+           for x, y in zip(layers_a, layers_b)):
+        return "their residual connections differ"
+    return None
 
 
 class _Leaf(fx.Tracer):

@@ -20,6 +20,19 @@ def mlp(sizes: list[int], seed: int, act: type[nn.Module] = nn.ReLU, scale: floa
     return nn.Sequential(*layers).eval()
 
 
+def apply_layers(layers, x: torch.Tensor) -> torch.Tensor:
+    """Evaluate :func:`modeldiff.linearize.linearize`'s dense layers on ``x`` ``[N, ...]`` (the activation after every
+    layer but the last)."""
+    from modeldiff.linearize import activate
+
+    h = x.reshape(x.shape[0], -1)
+    for i, layer in enumerate(layers):
+        h = h @ layer.weight.T + layer.bias
+        if i < len(layers) - 1:
+            h = activate(h, layer)
+    return h
+
+
 def perturbed(model: nn.Module, rel: float, seed: int) -> nn.Module:
     """A copy of ``model`` with every parameter moved by ``rel`` times its scale in a random direction."""
     import copy

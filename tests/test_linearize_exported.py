@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import modeldiff
-from modeldiff.linearize import DenseLayer, NotLinearizable, activate, linearize
+from modeldiff.linearize import NotLinearizable, linearize
 from modeldiff.loading import ExportedModule, load_model
 from modeldiff.regions import ball
-from tests._models import BasicBlockNet
+from tests._models import BasicBlockNet, apply_layers
 
 TOL = 1e-10
 
@@ -142,15 +142,6 @@ def _save_load(model: nn.Module, shape, path, decompose: bool = False) -> nn.Mod
     return loaded
 
 
-def _apply(layers: list[DenseLayer], x: torch.Tensor) -> torch.Tensor:
-    h = x.reshape(x.shape[0], -1)
-    for i, layer in enumerate(layers):
-        h = h @ layer.weight.T + layer.bias
-        if i < len(layers) - 1:
-            h = activate(h, layer)
-    return h
-
-
 @pytest.mark.parametrize("decompose", [False, True], ids=["export", "decomposed"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_exported_layers_compute_the_model(tmp_path, name, decompose):
@@ -161,7 +152,7 @@ def test_exported_layers_compute_the_model(tmp_path, name, decompose):
     x = torch.randn(11, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 2
     with torch.no_grad():
         expected = loaded(x)
-    assert float((_apply(layers, x) - expected).abs().max()) < TOL
+    assert float((apply_layers(layers, x) - expected).abs().max()) < TOL
     if name == "view_cnn":  # the fx trace of the plain module refuses x.size(0); the exported graph has sym_size
         return
     # the same layers as the plain module's fx trace

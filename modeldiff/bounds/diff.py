@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from modeldiff.bounds.base import SpecBounder, SpecUnavailable
-from modeldiff.linearize import NotLinearizable, linearize
+from modeldiff.linearize import NotLinearizable, linearize, mismatch
 
 __all__ = ["DiffBounder", "NotApplicable", "diff_applicable"]
 
@@ -61,14 +61,9 @@ def _pair_layers(model_a, model_b, input_shape):
         lb = linearize(model_b, input_shape)
     except NotLinearizable as exc:
         raise NotApplicable(str(exc)) from exc
-    if len(la) != len(lb) or any(x.weight.shape != y.weight.shape for x, y in zip(la, lb)):
-        raise NotApplicable(
-            "the models differ in architecture: layer shapes "
-            f"{[tuple(x.weight.shape) for x in la]} vs {[tuple(y.weight.shape) for y in lb]}"
-        )
-    if any((x.identity is None) != (y.identity is None)
-           or (x.identity is not None and not torch.equal(x.identity, y.identity)) for x, y in zip(la, lb)):
-        raise NotApplicable("the models differ in architecture: their residual connections differ")
+    reason = mismatch(la, lb)
+    if reason is not None:
+        raise NotApplicable(f"the models differ in architecture: {reason}")
     return la, lb
 
 
@@ -277,6 +272,15 @@ def _concretize_rows(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) 
     center = (upper + lower) / 2
     radius = (upper - lower) / 2
     return _rdot(coef, center) + _rdot(coef.abs(), radius) + const
+
+
+def _interval_affine(w: Tensor, lower: Tensor, upper: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Exact bounds ``(low, high)`` ``[N, out]`` of ``x @ w.T (+ bias)`` over boxes ``[N, in]`` (centre and
+    radius)."""
+    mid, rad = (upper + lower) / 2 @ w.T, (upper - lower) / 2 @ w.abs().T
+    if bias is not None:
+        mid = mid + bias
+    return mid - rad, mid + rad
 
 
 def _pos_neg(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -535,15 +539,12 @@ class DiffBounder(SpecBounder):
             if fwd is not None:
                 ua, la_, ub, lb_, ud, ld = fwd.layer(self, k, bounds)
             else:
-                if p is None and k > 0:
-                    # interval bounds from the layer below are loose but sound, and where they leave a neuron
-                    # stable in both networks its relaxation is exact already: only the others are back-substituted.
-                    # Their bounds are not intersected with the interval ones: that would move the centres at which
-                    # their planes are chosen, and measured on ACAS Xu, not always for the better.
-                    ua, la_, ub, lb_, ud, ld = self._backward_layer(k, n, bounds, lower, upper,
-                                                                    self._interval_step(k, bounds[k - 1]))
-                else:
-                    ua, la_, ub, lb_, ud, ld = self._backward_layer(k, n, bounds, lower, upper, p)
+                # without a parent, interval bounds from the layer below (loose but sound) play its part: where they
+                # leave a neuron stable in both networks its relaxation is exact already, and only the others are
+                # back-substituted. Their bounds are not intersected with the interval ones: that would move the
+                # centres at which their planes are chosen, and measured on ACAS Xu, not always for the better.
+                cheap = self._interval_step(k, bounds[k - 1]) if p is None and k > 0 else p
+                ua, la_, ub, lb_, ud, ld = self._backward_layer(k, n, bounds, lower, upper, cheap)
             if p is not None:
                 ua, la_, ub, lb_ = torch.minimum(ua, p.ua), torch.maximum(la_, p.la), torch.minimum(ub, p.ub), \
                     torch.maximum(lb_, p.lb)
@@ -572,14 +573,10 @@ class DiffBounder(SpecBounder):
             hb_lo, hb_hi = torch.where(ident, prev.lb, hb_lo), torch.where(ident, prev.ub, hb_hi)
             d_lo, d_hi = torch.where(ident, prev.ld, d_lo), torch.where(ident, prev.ud, d_hi)
 
-        def affine(w: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-            mid, rad = (lo + hi) / 2 @ w.T, (hi - lo) / 2 @ w.abs().T
-            return mid - rad, mid + rad
-
-        la, ua = affine(self.layers_a[k].weight, ha_lo, ha_hi)
-        lb, ub = affine(self.layers_b[k].weight, hb_lo, hb_hi)
-        l1, u1 = affine(self.layers_b[k].weight, d_lo, d_hi)
-        l2, u2 = affine(self.dw[k], ha_lo, ha_hi)
+        la, ua = _interval_affine(self.layers_a[k].weight, ha_lo, ha_hi)
+        lb, ub = _interval_affine(self.layers_b[k].weight, hb_lo, hb_hi)
+        l1, u1 = _interval_affine(self.layers_b[k].weight, d_lo, d_hi)
+        l2, u2 = _interval_affine(self.dw[k], ha_lo, ha_hi)
         ba, bb, db = self.layers_a[k].bias, self.layers_b[k].bias, self.db[k]
         return _LayerBounds(la + ba, ua + ba, lb + bb, ub + bb, l1 + l2 + db, u1 + u2 + db)
 
@@ -626,11 +623,9 @@ class DiffBounder(SpecBounder):
         layer ``k`` in each box."""
         la, lb = self.layers_a[k], self.layers_b[k]
         if k == 0:  # linear in the input: interval arithmetic on the whole layer, no rows per box
-            center, radius = (upper + lower) / 2, (upper - lower) / 2
-
             def exact(w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-                mid, rad = center @ w.T + b, radius @ w.abs().T
-                return (mid + rad).gather(1, idx), (mid - rad).gather(1, idx)
+                low, high = _interval_affine(w, lower, upper, b)
+                return high.gather(1, idx), low.gather(1, idx)
 
             return (*exact(la.weight, la.bias), *exact(lb.weight, lb.bias), *exact(self.dw[0], self.db[0]))
 

@@ -26,7 +26,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from modeldiff.linearize import DenseLayer, NotLinearizable, activate, linearize
+from modeldiff.linearize import DenseLayer, NotLinearizable, activate, linearize, mismatch
 
 __all__ = ["ReducedPair"]
 
@@ -146,10 +146,7 @@ class StackedPair:
         except NotLinearizable as exc:
             logger.debug("search: no stacked forward (%s)", exc)
             return None
-        same = len(layers_a) == len(layers_b) and all(
-            x.weight.shape == y.weight.shape and (x.identity is None) == (y.identity is None)
-            and (x.identity is None or torch.equal(x.identity, y.identity)) for x, y in zip(layers_a, layers_b))
-        if not same or sum(layer.weight.numel() for layer in layers_a) > MAX_STACKED_WEIGHTS:
+        if mismatch(layers_a, layers_b) is not None or sum(w.weight.numel() for w in layers_a) > MAX_STACKED_WEIGHTS:
             return None
         return cls(layers_a, layers_b)
 

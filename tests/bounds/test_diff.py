@@ -12,10 +12,10 @@ import modeldiff
 from modeldiff.bounds.diff import (
     DiffBounder, NotApplicable, diff_applicable, diff_relaxation, intersect_bounds, split_bounds, stack_bounds,
 )
-from modeldiff.linearize import NotLinearizable, activate, linearize
+from modeldiff.linearize import NotLinearizable, linearize
 from modeldiff.errors import UnsupportedModelError
 from modeldiff.regions import ball
-from tests._models import BasicBlockNet, ResMLP, SmallCNN, mlp, perturbed
+from tests._models import BasicBlockNet, ResMLP, SmallCNN, apply_layers, mlp, perturbed
 
 
 @pytest.mark.parametrize("divergence", ["delta", "linf", "l1", "l2", "kl", "tv"])
@@ -134,14 +134,6 @@ def test_linearize_merges_affine_ops_and_refuses_other_graphs():
         linearize(mlp([2, 3, 1], 0, act=nn.Tanh), (2,))
 
 
-def _apply(layers, x):
-    h = x.flatten(1)
-    for i, layer in enumerate(layers):
-        h = h @ layer.weight.T + layer.bias
-        h = activate(h, layer) if i < len(layers) - 1 else h
-    return h
-
-
 @pytest.mark.parametrize("model, shape, carried", [
     (SmallCNN(0), (1, 6, 6), [None, 72]),  # the first ReLU's 2x6x6 outputs skip the second ReLU layer
     (ResMLP(3, 5, 2, 0), (3,), [3, 8]),  # the input x skips both ReLU layers, h1 the second
@@ -153,7 +145,7 @@ def test_residual_connections_are_carried_through_relu_layers(model, shape, carr
     layers = linearize(model, shape)
     x = torch.randn(20, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
     with torch.no_grad():
-        assert torch.allclose(_apply(layers, x), model(x), atol=1e-12)
+        assert torch.allclose(apply_layers(layers, x), model(x), atol=1e-12)
     marks = [None if layer.identity is None else int(layer.identity.sum()) for layer in layers[:-1]]
     assert marks == carried and layers[-1].identity is None
     if isinstance(model, ResMLP):  # layer 2: h2's pre-activation, then h1 and x carried
@@ -361,7 +353,7 @@ def test_onnx_residual_cnn_gets_the_differential_bound(tmp_path, pool):
     loaded = modeldiff.load_model(path)
     x = torch.randn(6, 1, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.allclose(_apply(linearize(loaded, (1, 5, 5)), x), loaded(x), atol=1e-12)
+        assert torch.allclose(apply_layers(linearize(loaded, (1, 5, 5)), x), loaded(x), atol=1e-12)
     region = ball(x[:2], 0.05)
     assert modeldiff.bound(loaded, copy.deepcopy(loaded), region, "linf", "auto").method == "diff"
 
@@ -429,7 +421,7 @@ def test_values_read_across_several_relu_layers_compute_the_model(model):
     layers = linearize(net, (3,))
     x = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3
     with torch.no_grad():
-        assert torch.allclose(_apply(layers, x), net(x), atol=1e-12)
+        assert torch.allclose(apply_layers(layers, x), net(x), atol=1e-12)
     b = perturbed(net, 0.05, 2)
     region = ball(x[:4], 0.2)
     certified = modeldiff.bound(net, b, region, "linf", "auto")
