@@ -231,6 +231,7 @@ def refine(
     search_restarts: int = 5,
     search_steps: int = 50,
     witnesses: Tensor | None = None,
+    workers: int = 1,
 ):
     """Input-split branch and bound on every box of ``region``: a list of
     :class:`~modeldiff.bounds.bab.BaBResult`, one per box, each an anytime-valid ``[lower, upper]``.
@@ -243,6 +244,9 @@ def refine(
             witnesses seed each box's lower bound, so that sub-boxes bounded below it are dropped early.
         witnesses: ``[N, *input_shape]`` points of the boxes (e.g. an earlier search's) to seed with instead of
             running that search.
+        workers: boxes bounded side by side in this many worker processes of one torch thread each (1: one
+            after another in this process); see :mod:`modeldiff.bounds.parallel`. Ctrl-C stops every box:
+            each keeps its anytime result (status ``interrupted``).
         Other arguments as for :func:`bound`.
 
     Example:
@@ -251,10 +255,10 @@ def refine(
         >>> [r.upper for r in refine(a, a, region, "linf")]
         [0.0]
     """
-    from modeldiff.bounds.bab import branch_and_bound_box
+    from modeldiff.bounds.parallel import run_boxes
 
-    div, a, b, reg, dt, bounder, _, idx = _setup(model_a, model_b, region, divergence, method, output_index, dtype,
-                                                 device)
+    div, a, b, reg, dt, bounder, used, idx = _setup(model_a, model_b, region, divergence, method, output_index,
+                                                    dtype, device)
     labels = None
     if div.name == "top1":
         with torch.no_grad():
@@ -263,6 +267,8 @@ def refine(
         raise BoundError(f"expected search_restarts to be an int >= 0, got {search_restarts!r}")
     if not isinstance(search_steps, int) or search_steps < 1:
         raise BoundError(f"expected search_steps to be an int >= 1, got {search_steps!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise BoundError(f"expected workers to be an int >= 1, got {workers!r}")
     if witnesses is not None:
         witnesses = torch.as_tensor(witnesses).to(dtype=dt, device=reg.lower.device)
         if witnesses.shape != reg.lower.shape:
@@ -272,19 +278,17 @@ def refine(
 
         witnesses = search(a, b, reg, div.name, output_index=idx, restarts=search_restarts, steps=search_steps,
                            seed=seed, dtype=dt, device=device).witnesses
-    results = []
+    boxes = [  # copies, not views: a view would carry every box's data to the workers
+        dict(lower=reg.lower[i : i + 1].clone(), upper=reg.upper[i : i + 1].clone(), divergence=div.name,
+             output_index=None if idx is None else int(idx[i]), label=None if labels is None else int(labels[i]),
+             threshold=threshold, tolerance=tolerance, time_budget_s=time_budget_s, max_nodes=max_nodes, seed=seed,
+             witness=None if witnesses is None else witnesses[i].clone())
+        for i in range(len(reg))
+    ]
     bar = _progress(len(reg), progress)
     try:
-        for i in range(len(reg)):
-            results.append(branch_and_bound_box(
-                a, b, bounder, reg.lower[i : i + 1], reg.upper[i : i + 1], div.name,
-                output_index=None if idx is None else int(idx[i]),
-                label=None if labels is None else int(labels[i]),
-                threshold=threshold, tolerance=tolerance, time_budget_s=time_budget_s, max_nodes=max_nodes,
-                seed=seed, witness=None if witnesses is None else witnesses[i],
-            ))
-            if bar is not None:
-                bar.update(1)
+        results = run_boxes(a, b, bounder, used, tuple(reg.input_shape), boxes, workers,
+                            done=None if bar is None else (lambda: bar.update(1)))
     finally:
         if bar is not None:
             bar.close()

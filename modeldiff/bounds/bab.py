@@ -7,7 +7,8 @@ The split dimension is chosen by its effect on the bound: both children of every
 and the dimension whose two children's bounds sum lowest is kept (so each split costs 2 x candidates bounds; this
 is meant for low-dimensional inputs). The candidates are every varying dimension, or with the differential bound
 the two that weigh most in the bound; when both cuts help about as much, the box is cut along both into quarters
-(see :func:`_children`).
+(see :func:`_children`). A box whose own bound neither candidate lowers gets a lookahead along every dimension:
+the few neurons left unstable in a small box can hang on a dimension of small weight in the bound.
 The lower bound is the divergence at the sub-box centres seen so far, improved by the disagreement search
 (:mod:`modeldiff.search`) on the current worst sub-box every few rounds.
 
@@ -23,7 +24,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,16 @@ LOOKAHEAD_DIMS: int | None = 2
 #: with the differential bound, a box is cut along every lookahead candidate whose cut lowers the sum of its two
 #: halves' bounds by at least this fraction of what the best cut does (the best is always cut)
 CUT_GAIN: float = 0.3
+#: default sub-boxes split per round, with a threshold (proving ``upper < threshold``) and without
+BATCH_THRESHOLD: int = 256
+BATCH_BEST_FIRST: int = 64
+#: with the differential bound, a box that no lookahead candidate improves gets a lookahead along every dimension
+STALL_LOOKAHEAD: bool = True
+#: ... a box counts as not improved when the best cut lowers the sum of its halves' bounds by at most this fraction
+STALL_GAIN: float = 0.01
+#: ... and its cut along another dimension is kept only where its halves' own bounds sum below this fraction of the
+#: candidates' best
+STALL_MARGIN: float = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,8 +163,40 @@ def _smear(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor) -> Ten
     return c.abs() * (flat_hi - flat_lo)
 
 
-def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | None, parent_up: Tensor):
-    """Split each box and bound its children: ``(child_lo, child_hi, child_up, child_states, n_bounded)``.
+def _wider_lookahead(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor, parent_up: Tensor,
+                     varying: Tensor, against: Tensor):
+    """Both halves bounded along every ``varying`` dimension, for boxes that no candidate of :func:`_children`
+    improved: the few neurons left unstable in a small box can hang on a dimension of small weight in the bound.
+
+    Per box, the cut whose halves' own bounds sum lowest is kept where that sum is below :data:`STALL_MARGIN` times
+    ``against`` (the candidates' best sum). Returns ``(keep [m], children, n_bounded)``, ``children`` being
+    ``(lo, hi, up, own, states)`` of the kept boxes' two halves each.
+    """
+    m, n_var = lo.shape[0], len(varying)
+    width = (hi - lo).flatten(1)
+    los, his = [], []
+    for d in varying.tolist():
+        l1, h1, l2, h2 = _split(lo, hi, torch.full((m,), d, device=lo.device))
+        los += [l1, l2]
+        his += [h1, h2]
+    flat_lo, flat_hi = torch.cat(los), torch.cat(his)  # row (2 * v + h) * m + i: half h along varying[v], box i
+    own, child_states = objective(flat_lo, flat_hi, states.repeat(2 * n_var, 1, 1))
+    narrow = width[:, varying].T <= 1e-9 * width.amax(dim=1).view(1, m)  # [V, m]
+    # ranked by the halves' own bounds: capped at the box's inherited bound they could all tie
+    total = own.view(n_var, 2, m).sum(dim=1).masked_fill(narrow, math.inf)
+    pick = total.argmin(dim=0)
+    keep = total.amin(dim=0) < STALL_MARGIN * against
+    idx = torch.nonzero(keep).flatten()
+    rows = torch.cat([(2 * pick[idx] + h) * m + idx for h in (0, 1)])
+    up = torch.minimum(own[rows], parent_up[idx].repeat(2))
+    return keep, (flat_lo[rows], flat_hi[rows], up, own[rows], child_states[rows]), 2 * n_var * m
+
+
+def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | None, parent_up: Tensor,
+              parent_own: Tensor | None = None):
+    """Split each box and bound its children: ``(child_lo, child_hi, child_up, child_states, n_bounded,
+    child_own)``. ``parent_up`` is each box's bound (the smallest of its own and its ancestors'), ``parent_own``
+    the box's own bound (as computed for it; default ``parent_up``); ``child_own`` are the children's.
 
     Lookahead: both halves are bounded for each candidate split dimension. The candidates are every varying
     dimension, or (differential bound, :data:`LOOKAHEAD_DIMS` set) the ``LOOKAHEAD_DIMS`` dimensions with the
@@ -186,7 +229,10 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
     ups, child_states = objective(torch.cat(los), torch.cat(his), parents)
     n_bounded = 2 * n_cand * n
     # a child lies in its parent, so the parent's bound holds for it too (bounds are not monotone in the box)
-    ups = torch.minimum(ups.view(n_cand, 2, n), parent_up)
+    raw = ups.view(n_cand, 2, n)
+    ups = torch.minimum(raw, parent_up)
+    if parent_own is None:
+        parent_own = parent_up
     ar = torch.arange(n, device=lo.device)
     w = width[ar.view(1, n), cand.T]  # [C, n]
     # a dimension far narrower than the box's widest cannot be split usefully (nor one of zero width)
@@ -202,20 +248,39 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
     if child_states is not None and n_cand > 1:
         gain = (2 * parent_up - ups.sum(dim=1)).clamp_min(0)  # [C, n]
         cut |= (gain >= CUT_GAIN * gain.amax(dim=0)) & (gain.amax(dim=0) > 0) & ~narrow
-    out_lo, out_hi, out_up, kept = [], [], [], None if child_states is None else []
+    out_lo, out_hi, out_up, out_own, kept = [], [], [], [], None if child_states is None else []
+    stalled = torch.zeros(n, dtype=torch.bool, device=lo.device)
+    if STALL_LOOKAHEAD and child_states is not None and n_cand < len(varying):
+        # no candidate's cut lowers the box's own bound (an inherited bound can be far below what any cut reaches
+        # yet): the bound's spread over the input, which picks the candidates, misses where its slack comes from
+        own_gain = 2 * parent_own - raw.sum(dim=1)  # [C, n]
+        st = torch.nonzero(own_gain.amax(dim=0) <= STALL_GAIN * 2 * parent_own.abs()).flatten()
+        if len(st):
+            cand_best = raw.sum(dim=1).masked_fill(narrow, math.inf).amin(dim=0)[st]
+            keep, extra, bounded = _wider_lookahead(objective, lo[st], hi[st], states[st], parent_up[st], varying,
+                                                    cand_best)
+            n_bounded += bounded
+            stalled[st[keep]] = True
+            for out, t in zip((out_lo, out_hi, out_up, out_own, kept), extra):
+                out.append(t)
     for pattern in torch.unique(cut.T, dim=0):
-        boxes = torch.nonzero((cut.T == pattern).all(dim=1)).flatten()
+        boxes = torch.nonzero((cut.T == pattern).all(dim=1) & ~stalled).flatten()
+        if len(boxes) == 0:
+            continue
         dims = torch.nonzero(pattern).flatten().tolist()
         for halves in itertools.product((0, 1), repeat=len(dims)):
             parts = [(2 * c + h) * n for c, h in zip(dims, halves)]  # offsets of the halves containing the child
             c_lo, c_hi, c_up = lo[boxes], hi[boxes], parent_up[boxes]
+            c_own = torch.full_like(c_up, math.inf)
             for c, h in zip(dims, halves):
                 c_lo = torch.maximum(c_lo, los[2 * c + h][boxes])
                 c_hi = torch.minimum(c_hi, his[2 * c + h][boxes])
                 c_up = torch.minimum(c_up, ups[c, h, boxes])
+                c_own = torch.minimum(c_own, raw[c, h, boxes])
             out_lo.append(c_lo)
             out_hi.append(c_hi)
             out_up.append(c_up)
+            out_own.append(c_own)
             if kept is not None:
                 st = child_states[parts[0] + boxes]
                 for off in parts[1:]:
@@ -223,7 +288,7 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
                 kept.append(st)
     if kept is not None:
         kept = torch.cat(kept)
-    return torch.cat(out_lo), torch.cat(out_hi), torch.cat(out_up), kept, n_bounded
+    return torch.cat(out_lo), torch.cat(out_hi), torch.cat(out_up), kept, n_bounded, torch.cat(out_own)
 
 
 def branch_and_bound_box(
@@ -240,10 +305,11 @@ def branch_and_bound_box(
     tolerance: float = 1e-3,
     max_nodes: int = 20_000,
     time_budget_s: float | None = 60.0,
-    batch_boxes: int = 64,
+    batch_boxes: int | None = None,
     search_every: int = 10,
     seed: int = 0,
     witness: Tensor | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> BaBResult:
     """Branch and bound on one box ``[lower, upper]`` (``[1, *input_shape]``).
 
@@ -256,10 +322,14 @@ def branch_and_bound_box(
         threshold: stop as soon as ``upper < threshold`` (proven) or ``lower >= threshold`` (disproven).
         tolerance: stop when ``upper - lower <= tolerance * max(|upper|, 1e-12)``.
         max_nodes, time_budget_s: budgets; the result stays valid when they stop the run.
-        batch_boxes: sub-boxes split per round.
+        batch_boxes: sub-boxes split per round (None: :data:`BATCH_THRESHOLD` with a threshold, where every
+            sub-box above it must be split anyway and larger batches bound more sub-boxes per second, else
+            :data:`BATCH_BEST_FIRST`, where splitting the worst sub-boxes first saves work).
         search_every: run the disagreement search on the worst sub-box every this many rounds (0: never).
         witness: a point of the box (``[*input_shape]``, e.g. from an earlier search) whose divergence seeds the
             lower bound; sub-boxes whose bound is below it are dropped at once.
+        stop: called once per round; when it returns True the run stops with status ``interrupted`` (as on
+            Ctrl-C), e.g. to stop workers from another process.
 
     Returns:
         A :class:`BaBResult`.
@@ -268,6 +338,8 @@ def branch_and_bound_box(
     from modeldiff.regions import Region
 
     start = time.perf_counter()
+    if batch_boxes is None:
+        batch_boxes = BATCH_THRESHOLD if threshold is not None else BATCH_BEST_FIRST
     objective = _Objective(bounder, divergence, output_index, label)
 
     def value(x: Tensor) -> Tensor:
@@ -288,8 +360,9 @@ def branch_and_bound_box(
         w_val = float(value(w)[0])
         if w_val > best_val:
             best_val, best_x = w_val, w[0].clone()
-    heap: list[tuple[float, int, Tensor, Tensor, Any]] = [
-        (-up0, next(counter), lower[0], upper[0], None if states0 is None else states0[0])
+    # entries: (-bound, tie-break, lower, upper, intermediate bounds, own bound)
+    heap: list[tuple[float, int, Tensor, Tensor, Any, float]] = [
+        (-up0, next(counter), lower[0], upper[0], None if states0 is None else states0[0], up0)
     ]
     history = [(0.0, best_val, up0)]
     status = "node-limit"
@@ -322,13 +395,17 @@ def branch_and_bound_box(
             if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
                 status = "time-limit"
                 break
+            if stop is not None and stop():
+                status = "interrupted"
+                break
             take = [heapq.heappop(heap) for _ in range(min(batch_boxes, len(heap)))]
             lo = torch.stack([t[2] for t in take])
             hi = torch.stack([t[3] for t in take])
             parent_up = torch.tensor([-t[0] for t in take], dtype=lo.dtype, device=lo.device)
             parent_states = None if take[0][4] is None else torch.stack([t[4] for t in take])
-            child_lo, child_hi, child_up, child_states, bounded = _children(objective, lo, hi, parent_states,
-                                                                            parent_up)
+            parent_own = torch.tensor([t[5] for t in take], dtype=lo.dtype, device=lo.device)
+            child_lo, child_hi, child_up, child_states, bounded, child_own = _children(
+                objective, lo, hi, parent_states, parent_up, parent_own)
             nodes += bounded
             vals = value((child_lo + child_hi) / 2)
             i = int(vals.argmax())
@@ -342,7 +419,7 @@ def branch_and_bound_box(
                     closed = max(closed, u)  # proven below the threshold
                     continue
                 state = None if child_states is None else child_states[j].clone()  # not a view: frees the batch
-                heapq.heappush(heap, (-u, next(counter), child_lo[j], child_hi[j], state))
+                heapq.heappush(heap, (-u, next(counter), child_lo[j], child_hi[j], state, float(child_own[j])))
             rounds += 1
             if search_every and rounds % search_every == 0 and heap:
                 wl, wh = heap[0][2], heap[0][3]

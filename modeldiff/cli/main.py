@@ -288,13 +288,15 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
               help="With --bab: time budget per region in seconds.")
 @click.option("--bab-nodes", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="With --bab: node budget per region.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --bab: regions bounded side by side in this many worker processes (one thread each).")
 @_model_options
 @_compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON object to this file.")
 def bound_cmd(
     model_a, model_b, data, eps, box, domain, limit, divergence, method, output_index, labels, alpha_iterations,
-    run_search, restarts, steps, witnesses, bab, threshold, bab_time, bab_nodes,
+    run_search, restarts, steps, witnesses, bab, threshold, bab_time, bab_nodes, jobs,
     arch, arch_b, trust_pickle, device, dtype, seed, batch_size, progress, as_json, out,
 ):
     """Certify an upper bound on how far MODEL_A and MODEL_B can differ over each input region.
@@ -314,6 +316,8 @@ def bound_cmd(
 
     if threshold is not None and not bab:
         raise click.UsageError("--threshold applies to --bab")
+    if jobs > 1 and not bab:
+        raise click.UsageError("--jobs applies to --bab")
     if witnesses and not (run_search or bab):
         raise click.UsageError("--witnesses needs the search (drop --no-search) or --bab")
     torch.manual_seed(seed)
@@ -339,7 +343,7 @@ def bound_cmd(
         bab_results = refine(
             a, b, region, divergence, result.method, output_index=result.output_index, threshold=threshold,
             time_budget_s=bab_time, max_nodes=bab_nodes, dtype=dt, device=device, seed=seed,
-            progress=show_progress, witnesses=found_x,
+            progress=show_progress, witnesses=found_x, workers=jobs,
         )
         certified = torch.minimum(certified, torch.tensor([r.upper for r in bab_results], dtype=certified.dtype))
         lows = torch.tensor([r.lower for r in bab_results], dtype=certified.dtype)
@@ -366,7 +370,7 @@ def bound_cmd(
             "data": data, "domain": list(domain) if domain else None, "dtype": dtype, "device": device,
             "seed": seed, "alpha_iterations": alpha_iterations, "output_index": output_index, "labels": labels,
             "search": {"restarts": restarts, "steps": steps} if run_search else None,
-            "bab": {"threshold": threshold, "time_s": bab_time, "nodes": bab_nodes} if bab else None,
+            "bab": {"threshold": threshold, "time_s": bab_time, "nodes": bab_nodes, "jobs": jobs} if bab else None,
         },
         "region": region.to_dict(),
         "time_s": result.time_s,

@@ -101,9 +101,13 @@ def _sampled_max(a, b, lo, hi, divergence, output_index, n=60_000, seed=0):
     return float(evaluate(a, b, lo + (hi - lo) * u, divergence, output_index).max())
 
 
+@pytest.mark.parametrize("stalled", [False, True])
 @pytest.mark.parametrize("cut_gain", [0.0, 0.5, math.inf])
-def test_children_cover_their_parent_and_bound_each_child(monkeypatch, cut_gain):
+def test_children_cover_their_parent_and_bound_each_child(monkeypatch, cut_gain, stalled):
     monkeypatch.setattr(bab, "CUT_GAIN", cut_gain)
+    # stalled: every box counts as not improved by its candidates and gets a lookahead along every dimension
+    monkeypatch.setattr(bab, "STALL_GAIN", math.inf if stalled else -math.inf)
+    monkeypatch.setattr(bab, "STALL_MARGIN", math.inf)  # and its best cut is always kept
     a = mlp([4, 10, 10, 2], 11, scale=2.0)
     b = perturbed(a, 0.05, 12)
     bounder, _ = make_bounder(a, b, (4,), "diff")
@@ -114,11 +118,11 @@ def test_children_cover_their_parent_and_bound_each_child(monkeypatch, cut_gain)
     lo = -torch.rand(5, 4, dtype=torch.float64, generator=g) + shift
     hi = torch.rand(5, 4, dtype=torch.float64, generator=g) + shift
     up, states = objective(lo, hi)
-    c_lo, c_hi, c_up, c_states, bounded = bab._children(objective, lo, hi, states, up)
-    assert bounded == 5 * 2 * bab.LOOKAHEAD_DIMS and len(c_states) == c_lo.shape[0]
-    if cut_gain == 0.0:
+    c_lo, c_hi, c_up, c_states, bounded, c_own = bab._children(objective, lo, hi, states, up)
+    assert bounded == 5 * 2 * (bab.LOOKAHEAD_DIMS + (4 if stalled else 0)) and len(c_states) == c_lo.shape[0]
+    if cut_gain == 0.0 and not stalled:
         assert c_lo.shape[0] == 20  # every box cut into quarters
-    if cut_gain == math.inf:
+    if cut_gain == math.inf or stalled:
         assert c_lo.shape[0] == 10
     # each child lies in exactly one parent, and the children of a parent tile it
     inside = ((c_lo.unsqueeze(1) >= lo - 1e-15) & (c_hi.unsqueeze(1) <= hi + 1e-15)).all(-1)  # [children, parents]
@@ -131,6 +135,14 @@ def test_children_cover_their_parent_and_bound_each_child(monkeypatch, cut_gain)
         truth = _sampled_max(a, b, c_lo[i], c_hi[i], "linf", None, n=4000, seed=i)
         assert float(c_up[i]) >= truth - 1e-12, f"child {i}: bound {float(c_up[i])} below a sampled {truth}"
         assert float(c_up[i]) <= float(up[owner[i]]) + 1e-15
+    if stalled:  # each box was cut along the dimension whose halves' own bounds sum lowest, among all four
+        for p in range(5):
+            kids = torch.nonzero(owner == p).flatten()
+            total = float(c_own[kids].sum())
+            for d in range(4):
+                l1, h1, l2, h2 = bab._split(lo[p : p + 1], hi[p : p + 1], torch.tensor([d]))
+                u, _ = objective(torch.cat([l1, l2]), torch.cat([h1, h2]), states[p : p + 1].repeat(2, 1, 1))
+                assert total <= float(u.sum()) + 1e-12
 
 
 @pytest.mark.parametrize("cut_gain", [0.0, 0.5])

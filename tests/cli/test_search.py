@@ -90,6 +90,18 @@ def test_bound_bab_tightens_and_stays_above_what_is_found():
     assert refined["bab"]["status"] in {"converged", "proven", "node-limit", "time-limit"}
 
 
+def test_bound_bab_jobs_runs_regions_in_workers(points):
+    args = ("bound", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.01, "--json", "--restarts", 1, "--steps", 5,
+            "--bab", "--bab-nodes", 9, "--bab-time", 20)
+    one = json.loads(_run(*args).output)
+    two = json.loads(_run(*args, "--jobs", 2).output)
+    assert two["settings"]["bab"]["jobs"] == 2
+    for r1, r2 in zip(one["regions"], two["regions"]):
+        assert r2["bab"]["nodes"] == r1["bab"]["nodes"]
+        assert r2["certified"] == pytest.approx(r1["certified"], rel=1e-9)
+        assert r2["found"] <= r2["certified"]
+
+
 def test_search_help_documents_every_option():
     command = cli.commands["search"]
     text = CliRunner().invoke(cli, ["search", "--help"]).output
@@ -100,6 +112,7 @@ def test_search_help_documents_every_option():
 
 @pytest.mark.parametrize(("extra", "message"), [
     (("--threshold", "0.1"), "--threshold applies to --bab"),
+    (("--jobs", "2"), "--jobs applies to --bab"),
     (("--no-search", "--witnesses", "w.pt"), "--witnesses needs the search"),
 ])
 def test_bound_option_combinations_refused(points, extra, message):
