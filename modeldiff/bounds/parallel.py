@@ -3,8 +3,8 @@
 Each box's branch and bound is independent, so boxes are shared out among ``workers`` processes (started with
 ``spawn``: forking a process whose torch thread pools are running is unsafe), each running torch on one thread.
 On 2 cores, two single-thread processes bound 1.7x as many sub-boxes per second as one process on two threads
-(measured on ACAS Xu, ``benchmarks/bench_acas.py --jobs``): the per-box work is many small products, which one
-process does not spread well over threads.
+(measured on two ACAS Xu pairs, 3,000 sub-boxes each): the per-box work is many small products, which one process
+does not spread well over threads.
 
 Ctrl-C (``KeyboardInterrupt`` in the calling process) stops every worker at its next round: the boxes being
 bounded keep their anytime results, with status ``interrupted``, and boxes not started yet get their bound
