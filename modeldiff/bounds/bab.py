@@ -163,6 +163,26 @@ def _smear(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor) -> Ten
     return c.abs() * (flat_hi - flat_lo)
 
 
+def _lookahead(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | None, cand: Tensor):
+    """Both halves of each box ``[n, ...]`` bounded along each of its candidate dimensions ``cand`` ``[n, C]``:
+    ``(los, his, raw, child_states, narrow)``. ``los``/``his`` list the halves (``2 C`` tensors ``[n, ...]``, row
+    ``(2 c + h) * n + i`` of their concatenation is half ``h`` of box ``i`` along ``cand[i, c]``), ``raw`` ``[C, 2, n]``
+    their own bounds, ``child_states`` their intermediate bounds (or None) and ``narrow`` ``[C, n]`` the candidates far
+    narrower than their box's widest dimension (or of zero width), which cannot be split usefully."""
+    n, n_cand = lo.shape[0], cand.shape[1]
+    los, his = [], []
+    for c in range(n_cand):
+        l1, h1, l2, h2 = _split(lo, hi, cand[:, c])
+        los += [l1, l2]
+        his += [h1, h2]
+    parents = None if states is None else states.repeat(2 * n_cand, 1, 1)
+    ups, child_states = objective(torch.cat(los), torch.cat(his), parents)
+    width = (hi - lo).flatten(1)
+    w = width[torch.arange(n, device=lo.device).view(1, n), cand.T]  # [C, n]
+    narrow = w <= 1e-9 * width.amax(dim=1).view(1, n)
+    return los, his, ups.view(n_cand, 2, n), child_states, narrow
+
+
 def _wider_lookahead(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor, parent_up: Tensor,
                      varying: Tensor, against: Tensor):
     """Both halves bounded along every ``varying`` dimension, for boxes that no candidate of :func:`_children`
@@ -173,15 +193,8 @@ def _wider_lookahead(objective: _Objective, lo: Tensor, hi: Tensor, states: Tens
     ``(lo, hi, up, own, states)`` of the kept boxes' two halves each.
     """
     m, n_var = lo.shape[0], len(varying)
-    width = (hi - lo).flatten(1)
-    los, his = [], []
-    for d in varying.tolist():
-        l1, h1, l2, h2 = _split(lo, hi, torch.full((m,), d, device=lo.device))
-        los += [l1, l2]
-        his += [h1, h2]
-    flat_lo, flat_hi = torch.cat(los), torch.cat(his)  # row (2 * v + h) * m + i: half h along varying[v], box i
-    own, child_states = objective(flat_lo, flat_hi, states.repeat(2 * n_var, 1, 1))
-    narrow = width[:, varying].T <= 1e-9 * width.amax(dim=1).view(1, m)  # [V, m]
+    los, his, own, child_states, narrow = _lookahead(objective, lo, hi, states, varying.view(1, -1).expand(m, -1))
+    flat_lo, flat_hi, own = torch.cat(los), torch.cat(his), own.flatten()
     # ranked by the halves' own bounds: capped at the box's inherited bound they could all tie
     total = own.view(n_var, 2, m).sum(dim=1).masked_fill(narrow, math.inf)
     pick = total.argmin(dim=0)
@@ -220,23 +233,14 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
     else:
         cand = varying.view(1, -1).expand(n, -1)
     n_cand = cand.shape[1]
-    los, his = [], []
-    for c in range(n_cand):
-        l1, h1, l2, h2 = _split(lo, hi, cand[:, c])
-        los += [l1, l2]
-        his += [h1, h2]
-    parents = None if states is None else states.repeat(2 * n_cand, 1, 1)
-    ups, child_states = objective(torch.cat(los), torch.cat(his), parents)
+    los, his, raw, child_states, narrow = _lookahead(objective, lo, hi, states, cand)
     n_bounded = 2 * n_cand * n
     # a child lies in its parent, so the parent's bound holds for it too (bounds are not monotone in the box)
-    raw = ups.view(n_cand, 2, n)
     ups = torch.minimum(raw, parent_up)
     if parent_own is None:
         parent_own = parent_up
     ar = torch.arange(n, device=lo.device)
     w = width[ar.view(1, n), cand.T]  # [C, n]
-    # a dimension far narrower than the box's widest cannot be split usefully (nor one of zero width)
-    narrow = w <= 1e-9 * width.amax(dim=1).view(1, n)
     # score: the children's bounds together (the worse child alone is myopic: near the maximiser it is about
     # the same whichever way the box is cut); ties go to the wider dimension
     score = ups.sum(dim=1) - 1e-12 * w / w.amax(dim=0, keepdim=True).clamp_min(1e-300) * ups.abs().sum(dim=1)
