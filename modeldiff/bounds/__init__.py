@@ -212,6 +212,26 @@ def bound(
     )
 
 
+#: with ``split="auto"``, boxes with more free input entries than this are split by ReLU signs where that applies
+RELU_SPLIT_MIN_DIMS = 16
+
+
+def _choose_splits(split: str, bounder, divergence: str, region: Region) -> list[str]:
+    """Per box of ``region``, what branch and bound splits (see :func:`refine`)."""
+    from modeldiff.bounds.bab import SPLITS
+    from modeldiff.bounds.relu_split import relu_split_unavailable
+
+    if split not in (*SPLITS, "auto"):
+        raise BoundError(f"expected split to be one of auto, {', '.join(SPLITS)}, got {split!r}")
+    reason = relu_split_unavailable(bounder, divergence)
+    if split == "relu" and reason is not None:
+        raise BoundError(f"ReLU-split branch and bound does not apply: {reason}")
+    if split != "auto":
+        return [split] * len(region)
+    free = (region.upper > region.lower).flatten(1).sum(dim=1)
+    return ["relu" if reason is None and int(f) > RELU_SPLIT_MIN_DIMS else "input" for f in free]
+
+
 def refine(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -232,9 +252,10 @@ def refine(
     search_steps: int = 50,
     witnesses: Tensor | None = None,
     workers: int = 1,
+    split: str = "auto",
 ):
-    """Input-split branch and bound on every box of ``region``: a list of
-    :class:`~modeldiff.bounds.bab.BaBResult`, one per box, each an anytime-valid ``[lower, upper]``.
+    """Branch and bound on every box of ``region``: a list of :class:`~modeldiff.bounds.bab.BaBResult`, one per
+    box, each an anytime-valid ``[lower, upper]``.
 
     Args:
         threshold: per box, stop once ``upper < threshold`` (proven) or a witness reaches it (disproven).
@@ -247,6 +268,11 @@ def refine(
         workers: boxes bounded side by side in this many worker processes of one torch thread each (1: one
             after another in this process); see :mod:`modeldiff.bounds.parallel`. Ctrl-C stops every box:
             each keeps its anytime result (status ``interrupted``).
+        split: ``input`` (split the box: :mod:`modeldiff.bounds.bab`), ``relu`` (split by the signs of unstable
+            hidden neurons: :mod:`modeldiff.bounds.relu_split`; method ``diff`` and divergences ``delta``,
+            ``linf``), or ``auto``: ``relu`` where it applies and a box has more than
+            :data:`RELU_SPLIT_MIN_DIMS` free input entries (cutting such a box along one entry at a time gains
+            little), else ``input``.
         Other arguments as for :func:`bound`.
 
     Example:
@@ -269,6 +295,7 @@ def refine(
         raise BoundError(f"expected search_steps to be an int >= 1, got {search_steps!r}")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise BoundError(f"expected workers to be an int >= 1, got {workers!r}")
+    splits = _choose_splits(split, bounder, div.name, reg)
     if witnesses is not None:
         witnesses = torch.as_tensor(witnesses).to(dtype=dt, device=reg.lower.device)
         if witnesses.shape != reg.lower.shape:
@@ -282,7 +309,7 @@ def refine(
         dict(lower=reg.lower[i : i + 1].clone(), upper=reg.upper[i : i + 1].clone(), divergence=div.name,
              output_index=None if idx is None else int(idx[i]), label=None if labels is None else int(labels[i]),
              threshold=threshold, tolerance=tolerance, time_budget_s=time_budget_s, max_nodes=max_nodes, seed=seed,
-             witness=None if witnesses is None else witnesses[i].clone())
+             witness=None if witnesses is None else witnesses[i].clone(), split=splits[i])
         for i in range(len(reg))
     ]
     bar = _progress(len(reg), progress)

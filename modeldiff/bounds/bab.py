@@ -32,10 +32,14 @@ from torch import Tensor, nn
 from modeldiff.bounds.base import SpecBounder
 from modeldiff.bounds.derive import abs_max
 from modeldiff.bounds.diff import DiffBounder, intersect_bounds, split_bounds, stack_bounds
+from modeldiff.bounds.relu_split import relu_branch_and_bound, relu_split_unavailable
 from modeldiff.errors import BoundError
 from modeldiff.results import tensor_to_list
 
-__all__ = ["BaBResult", "branch_and_bound_box"]
+__all__ = ["BaBResult", "SPLITS", "branch_and_bound_box"]
+
+#: what branch and bound splits: the input box, or the signs of hidden neurons
+SPLITS = ("input", "relu")
 
 #: with the differential bound, lookahead bounds the children of only this many candidate split dimensions per
 #: box (those with the largest share of the bound's linear spread); None: every varying dimension
@@ -63,8 +67,10 @@ class BaBResult:
         lower: the largest divergence found at a point of the box (sound lower bound of the maximum).
         upper: certified upper bound of the divergence over the box.
         status: ``converged`` (upper - lower within tolerance), ``proven`` (upper < threshold),
-            ``disproven`` (lower >= threshold: a witness), ``node-limit``, ``time-limit`` or ``interrupted``.
-        nodes: sub-boxes bounded.
+            ``disproven`` (lower >= threshold: a witness), ``node-limit``, ``time-limit``, ``interrupted``, or
+            (ReLU splits only) ``exhausted``: every subdomain has every neuron decided, and the gap left is
+            that of the multipliers found.
+        nodes: sub-boxes (or, with ReLU splits, subdomains) bounded.
         time_s: wall time.
         witness: the input reaching ``lower``.
         initial_upper: the bound of the whole box before any split.
@@ -314,6 +320,7 @@ def branch_and_bound_box(
     seed: int = 0,
     witness: Tensor | None = None,
     stop: Callable[[], bool] | None = None,
+    split: str = "input",
 ) -> BaBResult:
     """Branch and bound on one box ``[lower, upper]`` (``[1, *input_shape]``).
 
@@ -334,6 +341,10 @@ def branch_and_bound_box(
             lower bound; sub-boxes whose bound is below it are dropped at once.
         stop: called once per round; when it returns True the run stops with status ``interrupted`` (as on
             Ctrl-C), e.g. to stop workers from another process.
+        split: ``input`` (split the box, as described in this module) or ``relu`` (split the box's points by the
+            signs of unstable hidden neurons: :mod:`modeldiff.bounds.relu_split`; the differential bound and
+            ``delta``/``linf`` only, meant for high-dimensional inputs; ``nodes`` then counts subdomains and
+            ``search_every`` is not used).
 
     Returns:
         A :class:`BaBResult`.
@@ -342,18 +353,17 @@ def branch_and_bound_box(
     from modeldiff.regions import Region
 
     start = time.perf_counter()
-    if batch_boxes is None:
-        batch_boxes = BATCH_THRESHOLD if threshold is not None else BATCH_BEST_FIRST
-    objective = _Objective(bounder, divergence, output_index, label)
+    if split not in SPLITS:
+        raise BoundError(f"expected split to be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "relu":
+        reason = relu_split_unavailable(bounder, divergence)
+        if reason is not None:
+            raise BoundError(f"ReLU-split branch and bound does not apply: {reason}")
 
     def value(x: Tensor) -> Tensor:
         with torch.no_grad():
             return evaluate(model_a, model_b, x, divergence, output_index)
 
-    counter = itertools.count()
-    ups, states0 = objective(lower, upper)
-    up0 = float(ups[0])
-    nodes = 1
     centre = (lower + upper) / 2
     best_val = float(value(centre)[0])
     best_x = centre[0].clone()
@@ -364,6 +374,20 @@ def branch_and_bound_box(
         w_val = float(value(w)[0])
         if w_val > best_val:
             best_val, best_x = w_val, w[0].clone()
+    if split == "relu":
+        best_val, ub, status, nodes, best_x, up0, history = relu_branch_and_bound(
+            value, bounder, lower, upper, divergence, output_index=output_index, threshold=threshold,
+            tolerance=tolerance, max_nodes=max_nodes, time_budget_s=time_budget_s, batch_domains=batch_boxes,
+            best_val=best_val, best_x=best_x, stop=stop)
+        return BaBResult(lower=best_val, upper=ub, status=status, nodes=nodes, time_s=time.perf_counter() - start,
+                         witness=best_x, initial_upper=up0, threshold=threshold, history=history)
+    if batch_boxes is None:
+        batch_boxes = BATCH_THRESHOLD if threshold is not None else BATCH_BEST_FIRST
+    objective = _Objective(bounder, divergence, output_index, label)
+    counter = itertools.count()
+    ups, states0 = objective(lower, upper)
+    up0 = float(ups[0])
+    nodes = 1
     # entries: (-bound, tie-break, lower, upper, intermediate bounds, own bound)
     heap: list[tuple[float, int, Tensor, Tensor, Any, float]] = [
         (-up0, next(counter), lower[0], upper[0], None if states0 is None else states0[0], up0)

@@ -438,7 +438,7 @@ class DiffBounder(SpecBounder):
     # back-substitution ---------------------------------------------------------------------------------------
 
     def _backsub(self, k: int, p: Tensor, q: Tensor, const: Tensor, bounds: list[_LayerBounds],
-                 singles: tuple = ()):
+                 singles: tuple = (), extra: list | None = None, slack: list | None = None):
         """Back-substitute linear functions of layer ``k``'s inputs down to the network's input.
 
         Rows first: ``(p, q, const)`` are coefficients ``[S, N, n]`` on ``(h_A^{k-1}, d^{k-1})`` and the constant
@@ -453,25 +453,46 @@ class DiffBounder(SpecBounder):
         (``lam_z . b_A + lam_d . db = (lam_z + lam_d) . b_A - lam_d . b_B``); this folding is used in float64 only,
         where the rounding of the two products is far below the dW terms (in float32 it is not). With rows first,
         every per-box relaxation broadcasts over the leading dimension and every slice written is contiguous.
+
+        Without singles the chain is computed without preallocated buffers, so that autograd can run through it
+        (ReLU-split branch and bound optimises its Lagrange multipliers so). ``extra``: per hidden layer ``j``,
+        None or ``(ez, ed)`` ``[S, N, n_j]`` added to the coefficients on ``(z_A^j, delta^j)`` after its ReLU is
+        crossed (the split constraints' multiplier terms). ``slack``: a list that receives, per hidden layer from
+        the first, the coefficients ``(p, q)`` ``[S, N, n_j]`` on ``(h_A^j, d^j)`` with which the layer's
+        relaxations are crossed (so that a caller can tell how much of the bound each neuron's relaxation costs).
         """
         la, lb = self.layers_a, self.layers_b
         singles = list(singles) + [None] * (2 - len(singles))
         n_rows, n_batch = p.shape[0], p.shape[1]
         rows_a = n_rows * (2 if singles[0] is not None else 1)
         rows_b = n_rows * (2 if singles[1] is not None else 1)
+        plain = singles[0] is None and singles[1] is None
+        if extra is not None and not plain:
+            raise ValueError("extra coefficients apply to the differential chain alone (no singles)")
+        offsets = []
         for j in range(k - 1, -1, -1):
             up_s, up_b, lo_s = bounds[j].relax_a
             uz, ud_, uc, lz, ld_, lc = bounds[j].relax_d
             n = p.shape[-1]
-            buf_a = p.new_empty(rows_a, n_batch, n)  # rows: lam_z + lam_d, then A's single chain
-            buf_b = p.new_empty(rows_b, n_batch, n)  # rows: lam_d, then B's single chain
             # differential chain: (p, q) on (h_A, d) -> (lam_z, lam_d) on (z_A, delta) through the planes of f
             p_pos, q_pos = p.clamp_min(0), q.clamp_min(0)
+            if slack is not None:
+                offsets.append((p, q))
             const = const + _rdot(p_pos, up_b) + _rdot(q_pos, uc - lc) + _rdot(q, lc)
-            lam_d = torch.addcmul(q * ld_, q_pos, ud_ - ld_, out=buf_b[:n_rows])
+            if plain:
+                lam_d = torch.addcmul(q * ld_, q_pos, ud_ - ld_)
+            else:
+                buf_a = p.new_empty(rows_a, n_batch, n)  # rows: lam_z + lam_d, then A's single chain
+                buf_b = p.new_empty(rows_b, n_batch, n)  # rows: lam_d, then B's single chain
+                lam_d = torch.addcmul(q * ld_, q_pos, ud_ - ld_, out=buf_b[:n_rows])
             lam_z = torch.addcmul(p * lo_s, p_pos, up_s - lo_s)
             lam_z.addcmul_(q, lz).addcmul_(q_pos, uz - lz)
-            torch.add(lam_z, lam_d, out=buf_a[:n_rows])
+            if extra is not None and extra[j] is not None:  # (only on the plain chain: see the docstring)
+                lam_z, lam_d = lam_z + extra[j][0], lam_d + extra[j][1]
+            if plain:
+                buf_a, buf_b = lam_z + lam_d, lam_d
+            else:
+                torch.add(lam_z, lam_d, out=buf_a[:n_rows])
             del p_pos, q_pos, lam_z
             for net, item in enumerate(singles):
                 if item is None:
@@ -496,13 +517,17 @@ class DiffBounder(SpecBounder):
             for net, prod, bias in ((0, prod_a, bias_a), (1, prod_b, bias_b)):
                 if singles[net] is not None:
                     singles[net] = (prod[n_rows:], singles[net][1] + bias[n_rows:])
+        if slack is not None:
+            slack.extend(reversed(offsets))
         # at the input d^{-1} = 0 (both models see the same x): q drops out
         return (p, const), tuple(singles)
 
     def _backsub_diff(self, k: int, spec_z: Tensor | None, spec_d: Tensor, bounds: list[_LayerBounds],
-                      lower: Tensor, upper: Tensor, linear: bool = False):
+                      lower: Tensor, upper: Tensor, linear: bool = False, extra: list | None = None,
+                      slack: list | None = None):
         """Upper bound of ``spec_z @ z_A^k + spec_d @ delta^k`` over the box, ``[N, S]`` (with ``linear``: the
-        linear upper bound in the input instead, ``(coef [N, S, n_in], const [N, S])``)."""
+        linear upper bound in the input instead, ``(coef [N, S, n_in], const [N, S])``); ``extra``, ``slack`` as
+        for :meth:`_backsub`."""
         la, lb = self.layers_a, self.layers_b
         spec_d = spec_d.transpose(0, 1)  # rows first
         const = (spec_d @ self.db[k])
@@ -512,7 +537,7 @@ class DiffBounder(SpecBounder):
             spec_z = spec_z.transpose(0, 1)
             const = const + (spec_z @ la[k].bias)
             p = p + (spec_z @ la[k].weight)
-        (p, const), _ = self._backsub(k, p.contiguous(), q.contiguous(), const, bounds)
+        (p, const), _ = self._backsub(k, p.contiguous(), q.contiguous(), const, bounds, extra=extra, slack=slack)
         if linear:
             return p.transpose(0, 1), const.T
         return _concretize_rows(p, const, lower, upper).T

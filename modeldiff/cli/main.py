@@ -281,7 +281,11 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 @click.option("--witnesses", type=click.Path(dir_okay=False),
               help="Save the search's witnesses (and values) to this .pt file.")
 @click.option("--bab", is_flag=True,
-              help="Tighten each region's bound by input-split branch and bound (best for low-dimensional inputs).")
+              help="Tighten each region's bound by branch and bound (see --split).")
+@click.option("--split", "bab_split", type=click.Choice(["auto", "input", "relu"]), default="auto",
+              show_default=True,
+              help="With --bab: split the input box (input: for few free input entries), the signs of unstable "
+                   "hidden neurons (relu: method diff, divergences delta and linf), or choose per region (auto).")
 @click.option("--threshold", type=float,
               help="With --bab: stop a region once its bound is below this (proven) or a witness reaches it.")
 @click.option("--bab-time", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -296,7 +300,7 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON object to this file.")
 def bound_cmd(
     model_a, model_b, data, eps, box, domain, limit, divergence, method, output_index, labels, alpha_iterations,
-    run_search, restarts, steps, witnesses, bab, threshold, bab_time, bab_nodes, jobs,
+    run_search, restarts, steps, witnesses, bab, bab_split, threshold, bab_time, bab_nodes, jobs,
     arch, arch_b, trust_pickle, device, dtype, seed, batch_size, progress, as_json, out,
 ):
     """Certify an upper bound on how far MODEL_A and MODEL_B can differ over each input region.
@@ -318,6 +322,8 @@ def bound_cmd(
         raise click.UsageError("--threshold applies to --bab")
     if jobs > 1 and not bab:
         raise click.UsageError("--jobs applies to --bab")
+    if bab_split != "auto" and not bab:
+        raise click.UsageError("--split applies to --bab")
     if witnesses and not (run_search or bab):
         raise click.UsageError("--witnesses needs the search (drop --no-search) or --bab")
     torch.manual_seed(seed)
@@ -343,7 +349,7 @@ def bound_cmd(
         bab_results = refine(
             a, b, region, divergence, result.method, output_index=result.output_index, threshold=threshold,
             time_budget_s=bab_time, max_nodes=bab_nodes, dtype=dt, device=device, seed=seed,
-            progress=show_progress, witnesses=found_x, workers=jobs,
+            progress=show_progress, witnesses=found_x, workers=jobs, split=bab_split,
         )
         certified = torch.minimum(certified, torch.tensor([r.upper for r in bab_results], dtype=certified.dtype))
         lows = torch.tensor([r.lower for r in bab_results], dtype=certified.dtype)
@@ -370,7 +376,8 @@ def bound_cmd(
             "data": data, "domain": list(domain) if domain else None, "dtype": dtype, "device": device,
             "seed": seed, "alpha_iterations": alpha_iterations, "output_index": output_index, "labels": labels,
             "search": {"restarts": restarts, "steps": steps} if run_search else None,
-            "bab": {"threshold": threshold, "time_s": bab_time, "nodes": bab_nodes, "jobs": jobs} if bab else None,
+            "bab": {"threshold": threshold, "time_s": bab_time, "nodes": bab_nodes, "jobs": jobs,
+                    "split": bab_split} if bab else None,
         },
         "region": region.to_dict(),
         "time_s": result.time_s,

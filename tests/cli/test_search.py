@@ -102,6 +102,30 @@ def test_bound_bab_jobs_runs_regions_in_workers(points):
         assert r2["found"] <= r2["certified"]
 
 
+def test_bound_bab_split_relu_tightens_and_is_recorded(points):
+    args = ("bound", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.01, "--json", "--restarts", 2, "--steps", 10,
+            "--divergence", "delta", "--output-index", 2)
+    single = json.loads(_run(*args).output)
+    result = _run(*args, "--bab", "--split", "relu", "--bab-time", 5, "--bab-nodes", 400)
+    assert result.exit_code == 0, result.output
+    refined = json.loads(result.output)
+    assert refined["settings"]["bab"]["split"] == "relu"
+    for before, after in zip(single["regions"], refined["regions"]):
+        assert after["found"] <= after["certified"] + 1e-12
+        assert after["certified"] <= before["certified"] + 1e-12
+        assert after["bab"]["status"] in {"converged", "node-limit", "time-limit", "exhausted"}
+    assert any(a["certified"] < b["certified"] for a, b in zip(refined["regions"], single["regions"]))
+
+
+def test_bound_split_needs_bab_and_relu_needs_the_differential_bound(points):
+    base = ("bound", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.01, "--no-search")
+    no_bab = CliRunner().invoke(cli, [str(a) for a in (*base, "--split", "relu")])
+    assert no_bab.exit_code != 0 and "--split applies to --bab" in no_bab.output
+    crown = CliRunner().invoke(cli, [str(a) for a in (*base, "--method", "crown", "--bab", "--split", "relu")])
+    assert crown.exit_code != 0 and "Traceback" not in crown.output
+    assert "ReLU-split branch and bound does not apply: it needs the differential bound" in crown.output
+
+
 def test_search_help_documents_every_option():
     command = cli.commands["search"]
     text = CliRunner().invoke(cli, ["search", "--help"]).output
