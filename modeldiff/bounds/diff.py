@@ -438,7 +438,7 @@ class DiffBounder(SpecBounder):
     # back-substitution ---------------------------------------------------------------------------------------
 
     def _backsub(self, k: int, p: Tensor, q: Tensor, const: Tensor, bounds: list[_LayerBounds],
-                 singles: tuple = (), extra: list | None = None, slack: list | None = None):
+                 singles: tuple = (), extra: list | None = None, coefs: list | None = None):
         """Back-substitute linear functions of layer ``k``'s inputs down to the network's input.
 
         Rows first: ``(p, q, const)`` are coefficients ``[S, N, n]`` on ``(h_A^{k-1}, d^{k-1})`` and the constant
@@ -457,7 +457,7 @@ class DiffBounder(SpecBounder):
         Without singles the chain is computed without preallocated buffers, so that autograd can run through it
         (ReLU-split branch and bound optimises its Lagrange multipliers so). ``extra``: per hidden layer ``j``,
         None or ``(ez, ed)`` ``[S, N, n_j]`` added to the coefficients on ``(z_A^j, delta^j)`` after its ReLU is
-        crossed (the split constraints' multiplier terms). ``slack``: a list that receives, per hidden layer from
+        crossed (the split constraints' multiplier terms). ``coefs``: a list that receives, per hidden layer from
         the first, the coefficients ``(p, q)`` ``[S, N, n_j]`` on ``(h_A^j, d^j)`` with which the layer's
         relaxations are crossed (so that a caller can tell how much of the bound each neuron's relaxation costs).
         """
@@ -469,15 +469,15 @@ class DiffBounder(SpecBounder):
         plain = singles[0] is None and singles[1] is None
         if extra is not None and not plain:
             raise ValueError("extra coefficients apply to the differential chain alone (no singles)")
-        offsets = []
+        crossed = []
         for j in range(k - 1, -1, -1):
             up_s, up_b, lo_s = bounds[j].relax_a
             uz, ud_, uc, lz, ld_, lc = bounds[j].relax_d
             n = p.shape[-1]
             # differential chain: (p, q) on (h_A, d) -> (lam_z, lam_d) on (z_A, delta) through the planes of f
             p_pos, q_pos = p.clamp_min(0), q.clamp_min(0)
-            if slack is not None:
-                offsets.append((p, q))
+            if coefs is not None:
+                crossed.append((p, q))
             const = const + _rdot(p_pos, up_b) + _rdot(q_pos, uc - lc) + _rdot(q, lc)
             if plain:
                 lam_d = torch.addcmul(q * ld_, q_pos, ud_ - ld_)
@@ -517,16 +517,16 @@ class DiffBounder(SpecBounder):
             for net, prod, bias in ((0, prod_a, bias_a), (1, prod_b, bias_b)):
                 if singles[net] is not None:
                     singles[net] = (prod[n_rows:], singles[net][1] + bias[n_rows:])
-        if slack is not None:
-            slack.extend(reversed(offsets))
+        if coefs is not None:
+            coefs.extend(reversed(crossed))
         # at the input d^{-1} = 0 (both models see the same x): q drops out
         return (p, const), tuple(singles)
 
     def _backsub_diff(self, k: int, spec_z: Tensor | None, spec_d: Tensor, bounds: list[_LayerBounds],
                       lower: Tensor, upper: Tensor, linear: bool = False, extra: list | None = None,
-                      slack: list | None = None):
+                      coefs: list | None = None):
         """Upper bound of ``spec_z @ z_A^k + spec_d @ delta^k`` over the box, ``[N, S]`` (with ``linear``: the
-        linear upper bound in the input instead, ``(coef [N, S, n_in], const [N, S])``); ``extra``, ``slack`` as
+        linear upper bound in the input instead, ``(coef [N, S, n_in], const [N, S])``); ``extra``, ``coefs`` as
         for :meth:`_backsub`."""
         la, lb = self.layers_a, self.layers_b
         spec_d = spec_d.transpose(0, 1)  # rows first
@@ -537,7 +537,7 @@ class DiffBounder(SpecBounder):
             spec_z = spec_z.transpose(0, 1)
             const = const + (spec_z @ la[k].bias)
             p = p + (spec_z @ la[k].weight)
-        (p, const), _ = self._backsub(k, p.contiguous(), q.contiguous(), const, bounds, extra=extra, slack=slack)
+        (p, const), _ = self._backsub(k, p.contiguous(), q.contiguous(), const, bounds, extra=extra, coefs=coefs)
         if linear:
             return p.transpose(0, 1), const.T
         return _concretize_rows(p, const, lower, upper).T
@@ -681,11 +681,15 @@ class DiffBounder(SpecBounder):
             bounds = self.intermediate_bounds(lower, upper)
         return self._backsub_diff(len(self.layers_a) - 1, spec_z, spec_d, bounds, lower, upper)
 
-    def linear_bound(self, lower: Tensor, upper: Tensor, spec_d: Tensor, bounds: list[_LayerBounds]):
+    def linear_bound(self, lower: Tensor, upper: Tensor, spec_d: Tensor, bounds: list[_LayerBounds],
+                     extra: list | None = None, coefs: list | None = None):
         """The linear upper bound ``coef @ x + const`` of ``spec_d @ (A(x) - B(x))`` over each box (as
-        :meth:`bound_spec` concretizes it): ``(coef [N, S, n_in], const [N, S])``."""
+        :meth:`bound_spec` concretizes it): ``(coef [N, S, n_in], const [N, S])``. ``extra``: multiplier terms
+        per hidden layer, ``coefs``: a list to receive the coefficients each layer's relaxations are crossed with
+        (both as for :meth:`_backsub`; ReLU-split branch and bound uses them)."""
         lower, upper = lower.flatten(1), upper.flatten(1)
-        return self._backsub_diff(len(self.layers_a) - 1, None, spec_d, bounds, lower, upper, linear=True)
+        return self._backsub_diff(len(self.layers_a) - 1, None, spec_d, bounds, lower, upper, linear=True,
+                                  extra=extra, coefs=coefs)
 
     def delta_bounds(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """Elementwise bounds ``([N, K], [N, K])`` of ``A(x) - B(x)`` over each box."""

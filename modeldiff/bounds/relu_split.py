@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from modeldiff.bounds.diff import DiffBounder, split_bounds, stack_bounds
+from modeldiff.bounds.diff import DiffBounder, _concretize_rows, split_bounds, stack_bounds
 from modeldiff.errors import BoundError
 from modeldiff.linearize import activate
 
@@ -76,32 +76,25 @@ def _extra(bounder: DiffBounder, split: Tensor, beta: Tensor) -> list:
     return out
 
 
-def _concretize(coef: Tensor, const: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """``max coef . x + const`` over the box ``[1, n_in]`` for each row of ``coef`` ``[N, n_in]``."""
-    centre, radius = (lower + upper) / 2, (upper - lower) / 2
-    return (coef * centre).sum(1) + (coef.abs() * radius).sum(1) + const
-
-
 class _Bounder:
     """Bounds batches of subdomains of one box."""
 
     def __init__(self, bounder: DiffBounder, lower: Tensor, upper: Tensor, beta_steps: int, lp: bool = True):
         self.bounder, self.beta_steps, self.lp = bounder, beta_steps, lp
         self.lower, self.upper = lower.flatten(1), upper.flatten(1)
-        self.depth = len(bounder.layers_a) - 1
 
     def intermediate(self, states: Tensor | None, n: int) -> list:
         lo, hi = self.lower.expand(n, -1), self.upper.expand(n, -1)
         parent = None if states is None else stack_bounds(states, self.bounder.hidden_sizes)
         return self.bounder.intermediate_bounds(lo, hi, mode="backward", parent=parent)
 
-    def linear(self, spec: Tensor, bounds: list, split: Tensor, beta: Tensor, slack: list | None = None):
+    def linear(self, spec: Tensor, bounds: list, split: Tensor, beta: Tensor, coefs: list | None = None):
         """The linear upper bound ``(coef [N, n_in], const [N])`` of ``spec . (A - B)`` with multipliers ``beta``
-        (``slack``: see :meth:`DiffBounder._backsub`)."""
+        (``coefs``: see :meth:`DiffBounder.linear_bound`)."""
         n = spec.shape[0]
         lo, hi = self.lower.expand(n, -1), self.upper.expand(n, -1)
-        coef, const = self.bounder._backsub_diff(self.depth, None, spec.unsqueeze(1), bounds, lo, hi, linear=True,
-                                                 extra=_extra(self.bounder, split, beta), slack=slack)
+        coef, const = self.bounder.linear_bound(lo, hi, spec.unsqueeze(1), bounds,
+                                                extra=_extra(self.bounder, split, beta), coefs=coefs)
         return coef[:, 0], const[:, 0]
 
     def final(self, spec: Tensor, bounds: list, split: Tensor, beta: Tensor, with_slack: bool = False):
@@ -110,7 +103,7 @@ class _Bounder:
         :meth:`slack`)."""
         coefs: list | None = [] if with_slack else None
         coef, const = self.linear(spec, bounds, split, beta, coefs)
-        up = _concretize(coef, const, self.lower, self.upper)
+        up = _concretize_rows(coef.unsqueeze(0), const.unsqueeze(0), self.lower, self.upper)[0]
         if not with_slack:
             return up
         return up, coefs, torch.where(coef >= 0, self.upper, self.lower)
@@ -155,7 +148,8 @@ class _Bounder:
         rows_w = torch.stack([self.bounder.layers_a[0].weight, self.bounder.layers_b[0].weight])  # [2, n0, n_in]
         rows_b = torch.stack([self.bounder.layers_a[0].bias, self.bounder.layers_b[0].bias])
         width = self.upper[0] - self.lower[0]
-        box = list(zip(self.lower[0].tolist(), self.upper[0].tolist())) + [(0.0, None)]
+        box = torch.cat([torch.stack([self.lower[0], self.upper[0]], dim=1),
+                         torch.tensor([[0.0, math.inf]], dtype=coef.dtype)]).numpy()
         points = torch.full_like(coef, math.nan)
         for i in rows.tolist():
             net, neuron = (first[i] != 0).nonzero(as_tuple=True)
@@ -167,7 +161,9 @@ class _Bounder:
             big = 1e4 * float((coef[i].abs() * width).sum()) / max(float((w.abs() @ width).min()), 1e-300)
             a_ub = torch.cat([-w, -torch.ones(w.shape[0], 1, dtype=w.dtype)], dim=1)
             cost = torch.cat([-coef[i], torch.tensor([big], dtype=coef.dtype)])
-            res = linprog(cost.numpy(), A_ub=a_ub.numpy(), b_ub=b.numpy(), bounds=box, method="highs")
+            # without presolve: on these small programs it costs half the time (measured: 6.7 -> 3.4 ms)
+            res = linprog(cost.numpy(), A_ub=a_ub.numpy(), b_ub=b.numpy(), bounds=box, method="highs",
+                          options={"presolve": False})
             if res.status == 0:
                 beta[i, net, neuron] = torch.as_tensor(-res.ineqlin.marginals, dtype=beta.dtype).clamp_min(0)
                 points[i] = torch.as_tensor(res.x[:-1], dtype=coef.dtype).clamp(self.lower[0], self.upper[0])
