@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from modeldiff.bounds.base import SpecBounder
 from modeldiff.bounds.derive import abs_max
 from modeldiff.bounds.diff import DiffBounder, intersect_bounds, split_bounds, stack_bounds
-from modeldiff.bounds.relu_split import relu_branch_and_bound, relu_split_unavailable
 from modeldiff.errors import BoundError
 from modeldiff.results import tensor_to_list
 
@@ -301,6 +300,25 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
     return torch.cat(out_lo), torch.cat(out_hi), torch.cat(out_up), kept, n_bounded, torch.cat(out_own)
 
 
+def stop_reason(upper: float, lower: float, threshold: float | None, tolerance: float, nodes: int, max_nodes: int,
+                start: float, time_budget_s: float | None, stop: Callable[[], bool] | None) -> str | None:
+    """Why a branch and bound run with the interval ``[lower, upper]`` stops now (its status), or None."""
+    if threshold is not None:
+        if upper < threshold:
+            return "proven"
+        if lower >= threshold:
+            return "disproven"
+    if upper - lower <= tolerance * max(abs(upper), 1e-12):
+        return "converged"
+    if nodes >= max_nodes:
+        return "node-limit"
+    if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+        return "time-limit"
+    if stop is not None and stop():
+        return "interrupted"
+    return None
+
+
 def branch_and_bound_box(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -356,6 +374,8 @@ def branch_and_bound_box(
     if split not in SPLITS:
         raise BoundError(f"expected split to be one of {', '.join(SPLITS)}, got {split!r}")
     if split == "relu":
+        from modeldiff.bounds.relu_split import relu_split_unavailable
+
         reason = relu_split_unavailable(bounder, divergence)
         if reason is not None:
             raise BoundError(f"ReLU-split branch and bound does not apply: {reason}")
@@ -375,12 +395,12 @@ def branch_and_bound_box(
         if w_val > best_val:
             best_val, best_x = w_val, w[0].clone()
     if split == "relu":
-        best_val, ub, status, nodes, best_x, up0, history = relu_branch_and_bound(
+        from modeldiff.bounds.relu_split import relu_branch_and_bound
+
+        return relu_branch_and_bound(
             value, bounder, lower, upper, divergence, output_index=output_index, threshold=threshold,
             tolerance=tolerance, max_nodes=max_nodes, time_budget_s=time_budget_s, batch_domains=batch_boxes,
-            best_val=best_val, best_x=best_x, stop=stop)
-        return BaBResult(lower=best_val, upper=ub, status=status, nodes=nodes, time_s=time.perf_counter() - start,
-                         witness=best_x, initial_upper=up0, threshold=threshold, history=history)
+            best_val=best_val, best_x=best_x, stop=stop, start=start)
     if batch_boxes is None:
         batch_boxes = BATCH_THRESHOLD if threshold is not None else BATCH_BEST_FIRST
     objective = _Objective(bounder, divergence, output_index, label)
@@ -400,31 +420,12 @@ def branch_and_bound_box(
     def global_upper() -> float:
         return max(-heap[0][0] if heap else -math.inf, closed, best_val)
 
-    def decided() -> str | None:
-        ub = global_upper()
-        if threshold is not None:
-            if ub < threshold:
-                return "proven"
-            if best_val >= threshold:
-                return "disproven"
-        if ub - best_val <= tolerance * max(abs(ub), 1e-12):
-            return "converged"
-        return None
-
     try:
         while True:
-            verdict = decided()
+            verdict = stop_reason(global_upper(), best_val, threshold, tolerance, nodes, max_nodes, start,
+                                  time_budget_s, stop)
             if verdict:
                 status = verdict
-                break
-            if nodes >= max_nodes:
-                status = "node-limit"
-                break
-            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-                status = "time-limit"
-                break
-            if stop is not None and stop():
-                status = "interrupted"
                 break
             take = [heapq.heappop(heap) for _ in range(min(batch_boxes, len(heap)))]
             lo = torch.stack([t[2] for t in take])

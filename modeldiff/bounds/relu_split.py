@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from modeldiff.bounds.bab import BaBResult, stop_reason
 from modeldiff.bounds.diff import DiffBounder, _concretize_rows, split_bounds, stack_bounds
 from modeldiff.errors import BoundError
 from modeldiff.linearize import activate
@@ -304,19 +305,21 @@ def relu_branch_and_bound(
     best_val: float,
     best_x: Tensor,
     stop: Callable[[], bool] | None = None,
-):
+    start: float | None = None,
+) -> BaBResult:
     """ReLU-split branch and bound of ``|A(x)_t - B(x)_t|`` (``delta`` with ``output_index`` t, or the largest
     over every output: ``linf``, ``delta`` without one) over the box ``[lower, upper]`` (``[1, *input_shape]``).
 
     ``value`` maps inputs ``[n, *input_shape]`` to their divergence (the lower bound); ``best_val`` and ``best_x``
-    are the lower bound and its witness to start from. Other arguments and the stopping rules as for
-    :func:`~modeldiff.bounds.bab.branch_and_bound_box` (``nodes`` counts bounded subdomains). Returns
-    ``(lower, upper, status, nodes, witness, initial_upper, history)``.
+    are the lower bound and its witness to start from; ``start``: the run's start
+    (``time.perf_counter()``, for the time budget; None: now). Other arguments and the stopping rules as for
+    :func:`~modeldiff.bounds.bab.branch_and_bound_box` (``nodes`` counts bounded subdomains; one more status,
+    ``exhausted``: no subdomain is left to split). Returns a :class:`~modeldiff.bounds.bab.BaBResult`.
     """
     reason = relu_split_unavailable(bounder, divergence)
     if reason is not None:
         raise BoundError(f"ReLU-split branch and bound does not apply: {reason}")
-    start = time.perf_counter()
+    start = time.perf_counter() if start is None else start
     batch_domains = batch_domains or BATCH_DOMAINS
     k = bounder.n_outputs
     outs = [output_index] if output_index is not None else list(range(k))
@@ -353,27 +356,14 @@ def relu_branch_and_bound(
                     closed = max(closed, float(pool["up"][proven].max()))
                 drop |= proven
             pool = keep(pool, ~drop)
-            ub = global_upper()
-            if threshold is not None and ub < threshold:
-                status = "proven"
-                break
-            if threshold is not None and best_val >= threshold:
-                status = "disproven"
-                break
-            if ub - best_val <= tolerance * max(abs(ub), 1e-12):
-                status = "converged"
-                break
-            if pool["up"].numel() == 0:  # every subdomain decided: what is left is the multipliers' slack
-                status = "exhausted"
-                break
-            if nodes >= max_nodes:
-                status = "node-limit"
-                break
-            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-                status = "time-limit"
-                break
-            if stop is not None and stop():
-                status = "interrupted"
+            if pool["up"].numel():
+                verdict = stop_reason(global_upper(), best_val, threshold, tolerance, nodes, max_nodes, start,
+                                      time_budget_s, stop)
+            else:  # every subdomain decided: unless the interval is, what is left is the multipliers' slack
+                verdict = stop_reason(global_upper(), best_val, threshold, tolerance, 0, 1, start, None,
+                                      None) or "exhausted"
+            if verdict:
+                status = verdict
                 break
             take = torch.topk(pool["up"], min(batch_domains, pool["up"].numel())).indices
             chosen = torch.zeros_like(pool["up"], dtype=torch.bool)
@@ -401,4 +391,6 @@ def relu_branch_and_bound(
             history.append((time.perf_counter() - start, best_val, global_upper()))
     except KeyboardInterrupt:
         status = "interrupted"
-    return best_val, global_upper(), status, nodes, best_x, initial, history
+    return BaBResult(lower=best_val, upper=global_upper(), status=status, nodes=nodes,
+                     time_s=time.perf_counter() - start, witness=best_x, initial_upper=initial,
+                     threshold=threshold, history=history)
