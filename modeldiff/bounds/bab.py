@@ -15,6 +15,9 @@ The lower bound is the divergence at the sub-box centres seen so far, improved b
 The result is *anytime*: whenever the run stops (tolerance met, threshold decided, node or time budget, Ctrl-C),
 ``[lower, upper]`` is valid: ``upper`` is the largest bound over the sub-boxes still open, which together cover
 the box.
+
+For high-dimensional inputs, :func:`branch_and_bound_box` with ``split="relu"`` splits by the signs of unstable
+hidden neurons instead (:mod:`modeldiff.bounds.relu_split`), with the same result type and stopping rules.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ STALL_GAIN: float = 0.01
 #: ... and its cut along another dimension is kept only where its halves' own bounds sum below this fraction of the
 #: candidates' best
 STALL_MARGIN: float = 0.5
+#: ... for boxes with at most this many varying dimensions (two halves per dimension and box are bounded at once:
+#: on HAR's 561 inputs a batch of stalled boxes asked for more than 24 GiB)
+STALL_MAX_DIMS: int = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,7 +265,7 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
         cut |= (gain >= CUT_GAIN * gain.amax(dim=0)) & (gain.amax(dim=0) > 0) & ~narrow
     out_lo, out_hi, out_up, out_own, kept = [], [], [], [], None if child_states is None else []
     stalled = torch.zeros(n, dtype=torch.bool, device=lo.device)
-    if STALL_LOOKAHEAD and child_states is not None and n_cand < len(varying):
+    if STALL_LOOKAHEAD and child_states is not None and n_cand < len(varying) <= STALL_MAX_DIMS:
         # no candidate's cut lowers the box's own bound (an inherited bound can be far below what any cut reaches
         # yet): the bound's spread over the input, which picks the candidates, misses where its slack comes from
         own_gain = 2 * parent_own - raw.sum(dim=1)  # [C, n]

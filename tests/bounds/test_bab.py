@@ -158,3 +158,23 @@ def test_interval_contains_sampled_maximum_in_three_dimensions(monkeypatch, cut_
         truth = _sampled_max(a, b, lo[0], hi[0], "delta", 1)
         assert result.upper >= truth - 1e-12, f"certified {result.upper} below a sampled {truth}"
         assert result.upper < result.initial_upper
+
+
+def test_wider_lookahead_is_kept_to_few_varying_dimensions(monkeypatch):
+    """A stalled box gets a lookahead along every varying dimension only where there are few of them: along all
+    561 of HAR's inputs, a batch of stalled boxes ran out of memory."""
+    monkeypatch.setattr(bab, "STALL_GAIN", math.inf)  # every box counts as stalled
+    calls = []
+    original = bab._wider_lookahead
+    monkeypatch.setattr(bab, "_wider_lookahead", lambda *args: calls.append(1) or original(*args))
+    a = mlp([40, 8, 2], 3, scale=2.0)
+    b = perturbed(a, 0.05, 4)
+    bounder, _ = make_bounder(a, b, (40,), "diff")
+    lo, hi = torch.zeros(1, 40, dtype=torch.float64), torch.full((1, 40), 0.1, dtype=torch.float64)
+    assert 40 > bab.STALL_MAX_DIMS
+    wide = branch_and_bound_box(a, b, bounder, lo, hi, "linf", tolerance=0.0, max_nodes=30, time_budget_s=None)
+    assert not calls and wide.nodes >= 30
+    few = hi.clone()
+    few[0, 3:] = 0.0  # three varying dimensions
+    branch_and_bound_box(a, b, bounder, lo, few, "linf", tolerance=0.0, max_nodes=30, time_budget_s=None)
+    assert calls
