@@ -379,12 +379,6 @@ def branch_and_bound_box(
     start = time.perf_counter()
     if split not in SPLITS:
         raise BoundError(f"expected split to be one of {', '.join(SPLITS)}, got {split!r}")
-    if split == "relu":
-        from modeldiff.bounds.relu_split import relu_split_unavailable
-
-        reason = relu_split_unavailable(bounder, divergence)
-        if reason is not None:
-            raise BoundError(f"ReLU-split branch and bound does not apply: {reason}")
 
     def value(x: Tensor) -> Tensor:
         with torch.no_grad():

@@ -370,7 +370,8 @@ def relu_branch_and_bound(
             chosen[take] = True
             # the pool keeps the batch until its children are in (an interrupt in between leaves it whole)
             batch, rest = keep(pool, chosen), keep(pool, ~chosen)
-            neuron, split_a, split_b = _branch(batch["states"], batch["split"], batch["slack"], bounder.hidden_sizes[0])
+            neuron, split_a, split_b = _branch(batch["states"], batch["split"], batch["slack"],
+                                               bounder.hidden_sizes[0])
             ok = split_a | split_b
             if not bool(ok.all()):  # every neuron decided: the bound stands as it is
                 closed = max(closed, float(batch["up"][~ok].max()))
