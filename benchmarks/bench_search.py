@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.get_num_threads()} threads, float64.  ",
         "Search: `modeldiff.search.search` (optimizer auto: outside global mode, 15 exploratory runs of 5 "
         "sign-gradient steps per restart, then APGD from the best of them; in global mode, boxes with at most 16 "
-        "free entries, 4096 Sobol starts screened (16384 where the reduced forward applies: MNIST three-pixel), "
+        "free entries, 4096 Sobol starts screened (16384 where the reduced or the stacked forward applies: MNIST "
+        "three-pixel, ACAS Xu), "
         "then APGD on a third of the restarts and the square search on the rest; the search's own steps on small "
         "dense pairs, ACAS Xu, run both networks stacked, one batched product per layer). Baseline: 10,000 uniform "
         "samples + plain PGD (10 restarts x 100 steps from uniform starts, fixed "

@@ -115,12 +115,13 @@ def test_search_with_the_stacked_forward_reports_plain_values(monkeypatch):
     g = torch.Generator().manual_seed(8)
     lo = torch.rand(3, 5, generator=g, dtype=F64)
     region = box(lo, lo + 0.3)
-    res = search(a, b, region, "linf", restarts=4, steps=30, seed=0)
+    res = search(a, b, region, "linf", restarts=4, steps=30, seed=0, n_starts=4096)
     assert res.settings["stacked_forward"]
     with torch.no_grad():
         plain = (a(res.witnesses) - b(res.witnesses)).abs().amax(dim=1)
     assert torch.equal(res.found, plain) and bool(region.contains(res.witnesses).all())
+    assert search(a, b, region, "linf", restarts=2, steps=5).settings["n_starts"] == 16384  # cheap: more starts
     monkeypatch.setattr(StackedPair, "build", classmethod(lambda cls, *args: None))
-    off = search(a, b, region, "linf", restarts=4, steps=30, seed=0)
+    off = search(a, b, region, "linf", restarts=4, steps=30, seed=0, n_starts=4096)
     assert not off.settings["stacked_forward"]
     torch.testing.assert_close(res.found, off.found, rtol=1e-6, atol=1e-12)  # the same search, other rounding
