@@ -35,9 +35,6 @@ DEFAULT_GLOBAL_STARTS = 4096
 #: ... and when the reduced or the stacked forward applies (few free entries of a large input, or a small dense
 #: pair such as ACAS Xu: each evaluation is cheap)
 DEFAULT_REDUCED_STARTS = 16384
-#: the stacked forward screens candidates in chunks of this many rows (larger products leave the CPU caches:
-#: 16384 ACAS Xu points take 19 ms in chunks of 512 rows, 59 ms in one)
-STACKED_SCREEN_ROWS = 512
 #: exploratory runs: this many fixed sign-gradient steps of EXPLORE_STEP half-widths of the box
 EXPLORE_STEPS = 5
 EXPLORE_STEP = 0.5
@@ -189,11 +186,7 @@ class _Forward:
 
     def outputs(self, x: Tensor, region_of: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            if region_of is None or self.stacked is None or x.shape[0] <= STACKED_SCREEN_ROWS:
-                return self._ab(x, region_of)
-            parts = [self.stacked.outputs(x[i:i + STACKED_SCREEN_ROWS]) for i in range(0, x.shape[0],
-                                                                                   STACKED_SCREEN_ROWS)]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            return self._ab(x, region_of)
 
     def bind(self, plan: RestartPlan, region_of: Tensor | None = None) -> Callable[[Tensor, bool], tuple]:
         def fn(x: Tensor, need_grad: bool):

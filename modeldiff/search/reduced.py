@@ -113,6 +113,9 @@ class ReducedPair:
 
 #: :class:`StackedPair` is used for networks with at most this many weights (where per-op overhead dominates)
 MAX_STACKED_WEIGHTS = 50_000
+#: :meth:`StackedPair.outputs` runs at most this many rows per product (larger products leave the CPU caches:
+#: 16384 ACAS Xu points take 19 ms in chunks of 512 rows, 59 ms in one)
+STACKED_CHUNK_ROWS = 512
 
 
 class StackedPair:
@@ -151,7 +154,10 @@ class StackedPair:
         return cls(layers_a, layers_b)
 
     def outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(A(x), B(x))`` for rows ``x`` ``[m, *input_shape]``."""
+        """``(A(x), B(x))`` for rows ``x`` ``[m, *input_shape]`` (in chunks of :data:`STACKED_CHUNK_ROWS` rows)."""
+        if x.shape[0] > STACKED_CHUNK_ROWS:
+            parts = [self.outputs(x[i:i + STACKED_CHUNK_ROWS]) for i in range(0, x.shape[0], STACKED_CHUNK_ROWS)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         h = x.flatten(1).unsqueeze(0).expand(2, -1, -1)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):

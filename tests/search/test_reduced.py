@@ -102,6 +102,22 @@ def test_stacked_outputs_and_gradients_match_the_models():
         assert torch.allclose(g, g_ref, atol=1e-12)
 
 
+def test_stacked_outputs_in_chunks_match_the_models():
+    from modeldiff.search.reduced import STACKED_CHUNK_ROWS
+
+    a = mlp([5, 20, 3], 3)
+    b = perturbed(a, 0.05, 4)
+    pair = StackedPair.build(a, b, (5,))
+    m = 2 * STACKED_CHUNK_ROWS + 7  # two full chunks and a partial one
+    x = torch.rand(m, 5, generator=torch.Generator().manual_seed(5), dtype=F64).requires_grad_(True)
+    ya, yb = pair.outputs(x)
+    assert ya.shape == (m, 3) and torch.allclose(ya, a(x), atol=1e-12) and torch.allclose(yb, b(x), atol=1e-12)
+    (g,) = torch.autograd.grad((ya - yb).sum(), x)
+    x2 = x.detach().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad((a(x2) - b(x2)).sum(), x2)
+    assert torch.allclose(g, g_ref, atol=1e-12)
+
+
 def test_stacked_forward_only_for_small_dense_pairs():
     assert StackedPair.build(mlp([300, 200, 2], 0), mlp([300, 200, 2], 1), (300,)) is None  # 60,400 weights
     odd = nn.Sequential(nn.Linear(8, 6), nn.Sigmoid(), nn.Linear(6, 2)).double()
