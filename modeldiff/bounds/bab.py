@@ -7,8 +7,10 @@ The split dimension is chosen by its effect on the bound: both children of every
 and the dimension whose two children's bounds sum lowest is kept (so each split costs 2 x candidates bounds; this
 is meant for low-dimensional inputs). The candidates are every varying dimension, or with the differential bound
 the two that weigh most in the bound; when both cuts help about as much, the box is cut along both into quarters
-(see :func:`_children`). A box whose own bound neither candidate lowers gets a lookahead along every dimension:
-the few neurons left unstable in a small box can hang on a dimension of small weight in the bound.
+(see :func:`_children`); a quarter starts with its halves' bounds and is bounded as it is when it comes up
+(:func:`_refresh`). A box whose own bound no candidate lowers by more than the fraction :data:`STALL_GAIN` gets a
+lookahead along every dimension: the few neurons left unstable in a small box can hang on a dimension of small
+weight in the bound.
 The lower bound is the divergence at the sub-box centres seen so far, improved by the disagreement search
 (:mod:`modeldiff.search`) on the current worst sub-box every few rounds.
 
@@ -222,8 +224,10 @@ def _wider_lookahead(objective: _Objective, lo: Tensor, hi: Tensor, states: Tens
 def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | None, parent_up: Tensor,
               parent_own: Tensor | None = None):
     """Split each box and bound its children: ``(child_lo, child_hi, child_up, child_states, n_bounded,
-    child_own)``. ``parent_up`` is each box's bound (the smallest of its own and its ancestors'), ``parent_own``
-    the box's own bound (as computed for it; default ``parent_up``); ``child_own`` are the children's.
+    child_own, child_fresh)``. ``parent_up`` is each box's bound (the smallest of its own and its ancestors'),
+    ``parent_own`` the box's own bound (as computed for it; default ``parent_up``); ``child_own`` are the
+    children's, and ``child_fresh`` says which children were bounded as they are (not as the larger halves whose
+    intersection they are: see :func:`_refresh`).
 
     Lookahead: both halves are bounded for each candidate split dimension. The candidates are every varying
     dimension, or (differential bound, :data:`LOOKAHEAD_DIMS` set) the ``LOOKAHEAD_DIMS`` dimensions with the
@@ -266,7 +270,8 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
     if child_states is not None and n_cand > 1:
         gain = (2 * parent_up - ups.sum(dim=1)).clamp_min(0)  # [C, n]
         cut |= (gain >= CUT_GAIN * gain.amax(dim=0)) & (gain.amax(dim=0) > 0) & ~narrow
-    out_lo, out_hi, out_up, out_own, kept = [], [], [], [], None if child_states is None else []
+    out_lo, out_hi, out_up, out_own, out_fresh = [], [], [], [], []
+    kept = None if child_states is None else []
     stalled = torch.zeros(n, dtype=torch.bool, device=lo.device)
     if STALL_LOOKAHEAD and child_states is not None and n_cand < len(varying) <= STALL_MAX_DIMS:
         # no candidate's cut lowers the box's own bound (an inherited bound can be far below what any cut reaches
@@ -281,6 +286,7 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
             stalled[st[keep]] = True
             for out, t in zip((out_lo, out_hi, out_up, out_own, kept), extra):
                 out.append(t)
+            out_fresh.append(torch.ones(len(extra[0]), dtype=torch.bool, device=lo.device))
     for pattern in torch.unique(cut.T, dim=0):
         boxes = torch.nonzero((cut.T == pattern).all(dim=1) & ~stalled).flatten()
         if len(boxes) == 0:
@@ -299,6 +305,8 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
             out_hi.append(c_hi)
             out_up.append(c_up)
             out_own.append(c_own)
+            # a quarter's bounds are its halves': bounded on larger boxes than itself
+            out_fresh.append(torch.full((len(boxes),), len(dims) == 1, dtype=torch.bool, device=lo.device))
             if kept is not None:
                 st = child_states[parts[0] + boxes]
                 for off in parts[1:]:
@@ -306,7 +314,23 @@ def _children(objective: _Objective, lo: Tensor, hi: Tensor, states: Tensor | No
                 kept.append(st)
     if kept is not None:
         kept = torch.cat(kept)
-    return torch.cat(out_lo), torch.cat(out_hi), torch.cat(out_up), kept, n_bounded, torch.cat(out_own)
+    return (torch.cat(out_lo), torch.cat(out_hi), torch.cat(out_up), kept, n_bounded, torch.cat(out_own),
+            torch.cat(out_fresh))
+
+
+def _refresh(objective: _Objective, lo: Tensor, hi: Tensor, up: Tensor, states: Tensor, own: Tensor,
+             stale: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Bound the ``stale`` boxes (``[n]`` mask) as they are: a box cut along several dimensions at once inherits
+    the bounds of the larger halves it is the intersection of (see :func:`_children`); its own back-substitution,
+    intersected with them, is tighter (measured on ACAS Xu prop1/4_6 at eps 0.01: 48 of the 256 worst boxes were
+    below eps with it, none without). Returns the boxes' ``(up, states, own, n_bounded)``."""
+    idx = torch.nonzero(stale).flatten()
+    fresh_up, fresh_states = objective(lo[idx], hi[idx], states[idx])
+    up, states, own = up.clone(), states.clone(), own.clone()
+    up[idx] = torch.minimum(up[idx], fresh_up)
+    states[idx] = fresh_states
+    own[idx] = fresh_up
+    return up, states, own, len(idx)
 
 
 def stop_reason(upper: float, lower: float, threshold: float | None, tolerance: float, nodes: int, max_nodes: int,
@@ -411,9 +435,9 @@ def branch_and_bound_box(
     ups, states0 = objective(lower, upper)
     up0 = float(ups[0])
     nodes = 1
-    # entries: (-bound, tie-break, lower, upper, intermediate bounds, own bound)
-    heap: list[tuple[float, int, Tensor, Tensor, Any, float]] = [
-        (-up0, next(counter), lower[0], upper[0], None if states0 is None else states0[0], up0)
+    # entries: (-bound, tie-break, lower, upper, intermediate bounds, own bound, bounded as it is)
+    heap: list[tuple[float, int, Tensor, Tensor, Any, float, bool]] = [
+        (-up0, next(counter), lower[0], upper[0], None if states0 is None else states0[0], up0, True)
     ]
     history = [(0.0, best_val, up0)]
     status = "node-limit"
@@ -436,7 +460,25 @@ def branch_and_bound_box(
             parent_up = torch.tensor([-t[0] for t in take], dtype=lo.dtype, device=lo.device)
             parent_states = None if take[0][4] is None else torch.stack([t[4] for t in take])
             parent_own = torch.tensor([t[5] for t in take], dtype=lo.dtype, device=lo.device)
-            child_lo, child_hi, child_up, child_states, bounded, child_own = _children(
+            stale = torch.tensor([not t[6] for t in take], device=lo.device)
+            if parent_states is not None and bool(stale.any()):
+                parent_up, parent_states, parent_own, bounded = _refresh(objective, lo, hi, parent_up, parent_states,
+                                                                         parent_own, stale)
+                nodes += bounded
+                keep = parent_up > best_val  # (as below for children)
+                if threshold is not None:
+                    proven = keep & (parent_up < threshold)
+                    if bool(proven.any()):
+                        closed = max(closed, float(parent_up[proven].max()))
+                    keep &= ~proven
+                if not bool(keep.all()):
+                    lo, hi, parent_up, parent_states, parent_own = (
+                        t[keep] for t in (lo, hi, parent_up, parent_states, parent_own))
+                if lo.shape[0] == 0:
+                    rounds += 1
+                    history.append((time.perf_counter() - start, best_val, global_upper()))
+                    continue
+            child_lo, child_hi, child_up, child_states, bounded, child_own, child_fresh = _children(
                 objective, lo, hi, parent_states, parent_up, parent_own)
             nodes += bounded
             vals = value((child_lo + child_hi) / 2)
@@ -451,7 +493,8 @@ def branch_and_bound_box(
                     closed = max(closed, u)  # proven below the threshold
                     continue
                 state = None if child_states is None else child_states[j].clone()  # not a view: frees the batch
-                heapq.heappush(heap, (-u, next(counter), child_lo[j], child_hi[j], state, float(child_own[j])))
+                heapq.heappush(heap, (-u, next(counter), child_lo[j], child_hi[j], state, float(child_own[j]),
+                                      bool(child_fresh[j])))
             rounds += 1
             if search_every and rounds % search_every == 0 and heap:
                 wl, wh = heap[0][2], heap[0][3]

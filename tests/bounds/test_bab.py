@@ -118,12 +118,14 @@ def test_children_cover_their_parent_and_bound_each_child(monkeypatch, cut_gain,
     lo = -torch.rand(5, 4, dtype=torch.float64, generator=g) + shift
     hi = torch.rand(5, 4, dtype=torch.float64, generator=g) + shift
     up, states = objective(lo, hi)
-    c_lo, c_hi, c_up, c_states, bounded, c_own = bab._children(objective, lo, hi, states, up)
+    c_lo, c_hi, c_up, c_states, bounded, c_own, c_fresh = bab._children(objective, lo, hi, states, up)
     assert bounded == 5 * 2 * (bab.LOOKAHEAD_DIMS + (4 if stalled else 0)) and len(c_states) == c_lo.shape[0]
     if cut_gain == 0.0 and not stalled:
         assert c_lo.shape[0] == 20  # every box cut into quarters
+        assert not c_fresh.any()  # each bounded as the two halves it is the intersection of
     if cut_gain == math.inf or stalled:
         assert c_lo.shape[0] == 10
+        assert c_fresh.all()
     # each child lies in exactly one parent, and the children of a parent tile it
     inside = ((c_lo.unsqueeze(1) >= lo - 1e-15) & (c_hi.unsqueeze(1) <= hi + 1e-15)).all(-1)  # [children, parents]
     assert (inside.sum(dim=1) == 1).all()
@@ -143,6 +145,27 @@ def test_children_cover_their_parent_and_bound_each_child(monkeypatch, cut_gain,
                 l1, h1, l2, h2 = bab._split(lo[p : p + 1], hi[p : p + 1], torch.tensor([d]))
                 u, _ = objective(torch.cat([l1, l2]), torch.cat([h1, h2]), states[p : p + 1].repeat(2, 1, 1))
                 assert total <= float(u.sum()) + 1e-12
+
+
+def test_refresh_bounds_quarters_as_they_are(monkeypatch):
+    """A quarter inherits the bounds of the two halves it is cut from; bounded as it is, its bound is no larger
+    and still above every sampled value."""
+    monkeypatch.setattr(bab, "CUT_GAIN", 0.0)  # every box cut into quarters
+    monkeypatch.setattr(bab, "STALL_GAIN", -math.inf)
+    a = mlp([3, 12, 12, 2], 5, scale=2.0)
+    b = perturbed(a, 0.05, 6)
+    bounder, _ = make_bounder(a, b, (3,), "diff")
+    objective = bab._Objective(bounder, "delta", 0, None)
+    lo, hi = torch.full((1, 3), -1.0, dtype=torch.float64), torch.full((1, 3), 1.0, dtype=torch.float64)
+    up, states = objective(lo, hi)
+    c_lo, c_hi, c_up, c_states, _, c_own, c_fresh = bab._children(objective, lo, hi, states, up)
+    assert not c_fresh.any()
+    r_up, r_states, r_own, bounded = bab._refresh(objective, c_lo, c_hi, c_up, c_states, c_own, ~c_fresh)
+    assert bounded == c_lo.shape[0] and r_states.shape == c_states.shape
+    assert (r_up <= c_up).all() and (r_up < c_up).any()
+    for i in range(c_lo.shape[0]):
+        truth = _sampled_max(a, b, c_lo[i], c_hi[i], "delta", 0, n=4000, seed=i)
+        assert float(r_up[i]) >= truth - 1e-12 and float(r_own[i]) >= truth - 1e-12
 
 
 @pytest.mark.parametrize("cut_gain", [0.0, 0.5])
