@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -336,21 +337,26 @@ def bound_cmd(
     )
     certified = result.upper.clone()
     found = found_x = None
+    search_s = bab_s = None
     if run_search:
+        t0 = time.perf_counter()
         found_res = modeldiff.search(
             a, b, region, divergence, output_index=result.output_index, restarts=restarts, steps=steps, seed=seed,
             dtype=dt, device=device, progress=show_progress,
         )
         found, found_x = found_res.found.clone(), found_res.witnesses.clone()
+        search_s = time.perf_counter() - t0
     bab_results = None
     if bab:
         from modeldiff.bounds import refine
 
+        t0 = time.perf_counter()
         bab_results = refine(
             a, b, region, divergence, result.method, output_index=result.output_index, threshold=threshold,
             time_budget_s=bab_time, max_nodes=bab_nodes, dtype=dt, device=device, seed=seed,
             progress=show_progress, witnesses=found_x, workers=jobs, split=bab_split,
         )
+        bab_s = time.perf_counter() - t0
         certified = torch.minimum(certified, torch.tensor([r.upper for r in bab_results], dtype=certified.dtype))
         lows = torch.tensor([r.lower for r in bab_results], dtype=certified.dtype)
         if found is None:
@@ -381,6 +387,8 @@ def bound_cmd(
         },
         "region": region.to_dict(),
         "time_s": result.time_s,
+        "search_time_s": search_s,
+        "bab_time_s": bab_s,
         "witnesses": witnesses if (witnesses and found_x is not None) else None,
         "regions": rows,
     }
@@ -392,7 +400,12 @@ def bound_cmd(
         click.echo(json.dumps(payload, indent=2))
         return
     click.echo(_bound_table(result, rows))
-    click.echo(f"\n{len(result)} region(s), {divergence}, {result.method}, {dtype}: {result.time_s:.2f} s")
+    times = f"bound {result.time_s:.2f} s"
+    if search_s is not None:
+        times += f", search {search_s:.2f} s"
+    if bab_s is not None:
+        times += f", branch and bound {bab_s:.2f} s"
+    click.echo(f"\n{len(result)} region(s), {divergence}, {result.method}, {dtype}: {times}")
 
 
 def _gap(certified: float, found: float) -> float | None:

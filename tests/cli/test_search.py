@@ -71,8 +71,10 @@ def test_bound_shows_found_certified_and_gap(points, tmp_path):
     for region in payload["regions"]:
         assert 0 <= region["found"] <= region["certified"] + 1e-12
         assert region["gap_ratio"] == pytest.approx(region["certified"] / region["found"])
+    assert payload["search_time_s"] > 0 and payload["bab_time_s"] is None
     table = _run("bound", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.01)
     assert "certified/found" in table.output
+    assert ": bound " in table.output and ", search " in table.output and "branch and bound" not in table.output
     quiet = _run("bound", BASE, PRUNED, *ARCH, "--data", points, "--eps", 0.01, "--no-search", "--json")
     assert "found" not in json.loads(quiet.output)["regions"][0]
 
@@ -96,6 +98,9 @@ def test_bound_bab_jobs_runs_regions_in_workers(points):
     one = json.loads(_run(*args).output)
     two = json.loads(_run(*args, "--jobs", 2).output)
     assert two["settings"]["bab"]["jobs"] == 2
+    assert two["bab_time_s"] > 0 and two["search_time_s"] > 0
+    table = _run(*[a for a in args if a != "--json"])
+    assert ", branch and bound " in table.output and " s\n" in table.output
     for r1, r2 in zip(one["regions"], two["regions"]):
         assert r2["bab"]["nodes"] == r1["bab"]["nodes"]
         assert r2["certified"] == pytest.approx(r1["certified"], rel=1e-9)
