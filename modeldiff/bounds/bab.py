@@ -333,6 +333,20 @@ def _refresh(objective: _Objective, lo: Tensor, hi: Tensor, up: Tensor, states: 
     return up, states, own, len(idx)
 
 
+def _still_open(up: Tensor, best_val: float, threshold: float | None) -> tuple[Tensor, float]:
+    """Which boxes stay in the queue, given their bounds ``up`` ``[n]``: not those bounded by the value found (they
+    cannot hold anything above it, and the global bound takes the maximum with it), nor, with a threshold, those
+    proven below it. Returns the mask and the largest bound among the proven ones (``-inf`` if none)."""
+    keep = up > best_val
+    proven_max = -math.inf
+    if threshold is not None:
+        proven = keep & (up < threshold)
+        if bool(proven.any()):
+            proven_max = float(up[proven].max())
+        keep &= ~proven
+    return keep, proven_max
+
+
 def stop_reason(upper: float, lower: float, threshold: float | None, tolerance: float, nodes: int, max_nodes: int,
                 start: float, time_budget_s: float | None, stop: Callable[[], bool] | None) -> str | None:
     """Why a branch and bound run with the interval ``[lower, upper]`` stops now (its status), or None."""
@@ -465,12 +479,8 @@ def branch_and_bound_box(
                 parent_up, parent_states, parent_own, bounded = _refresh(objective, lo, hi, parent_up, parent_states,
                                                                          parent_own, stale)
                 nodes += bounded
-                keep = parent_up > best_val  # (as below for children)
-                if threshold is not None:
-                    proven = keep & (parent_up < threshold)
-                    if bool(proven.any()):
-                        closed = max(closed, float(parent_up[proven].max()))
-                    keep &= ~proven
+                keep, proven_max = _still_open(parent_up, best_val, threshold)
+                closed = max(closed, proven_max)
                 if not bool(keep.all()):
                     lo, hi, parent_up, parent_states, parent_own = (
                         t[keep] for t in (lo, hi, parent_up, parent_states, parent_own))
@@ -485,16 +495,12 @@ def branch_and_bound_box(
             i = int(vals.argmax())
             if float(vals[i]) > best_val:
                 best_val, best_x = float(vals[i]), ((child_lo[i] + child_hi[i]) / 2).clone()
-            for j in range(child_lo.shape[0]):
-                u = float(child_up[j])
-                if u <= best_val:
-                    continue  # cannot hold anything above what was found: max(...) keeps the global bound valid
-                if threshold is not None and u < threshold:
-                    closed = max(closed, u)  # proven below the threshold
-                    continue
+            keep, proven_max = _still_open(child_up, best_val, threshold)
+            closed = max(closed, proven_max)
+            for j in torch.nonzero(keep).flatten().tolist():
                 state = None if child_states is None else child_states[j].clone()  # not a view: frees the batch
-                heapq.heappush(heap, (-u, next(counter), child_lo[j], child_hi[j], state, float(child_own[j]),
-                                      bool(child_fresh[j])))
+                heapq.heappush(heap, (-float(child_up[j]), next(counter), child_lo[j], child_hi[j], state,
+                                      float(child_own[j]), bool(child_fresh[j])))
             rounds += 1
             if search_every and rounds % search_every == 0 and heap:
                 wl, wh = heap[0][2], heap[0][3]

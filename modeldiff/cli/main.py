@@ -339,13 +339,12 @@ def bound_cmd(
     found = found_x = None
     search_s = bab_s = None
     if run_search:
-        t0 = time.perf_counter()
         found_res = modeldiff.search(
             a, b, region, divergence, output_index=result.output_index, restarts=restarts, steps=steps, seed=seed,
             dtype=dt, device=device, progress=show_progress,
         )
         found, found_x = found_res.found.clone(), found_res.witnesses.clone()
-        search_s = time.perf_counter() - t0
+        search_s = found_res.time_s
     bab_results = None
     if bab:
         from modeldiff.bounds import refine
